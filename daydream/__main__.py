@@ -1,0 +1,5 @@
+import sys
+
+from daydream.cli import main
+
+sys.exit(main())
