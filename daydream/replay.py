@@ -1,0 +1,405 @@
+"""Replay: steps stored in chunks per actor stream, sampled as fixed-length sequences.
+
+The picture (one stream, chunks numbered by the actor's sequence number)::
+
+    stream "ur5-0":  [seq 4: T=32][seq 5: T=32][seq 6: T=7]   [seq 9: T=32] ...
+                     \\______________ segment ______________/   \\_ segment _/
+                                                         gap ^ (seq 7, 8 missing)
+
+A *segment* is a maximal run of chunks with consecutive sequence numbers. A sampled
+sequence of length L lies inside one segment: it may span chunk boundaries and episode
+boundaries (``is_first`` inside it marks a reset, and the world model masks its state
+there; short episodes are never dropped), but never a gap in sequence numbers.
+
+- Sampling is uniform over all valid start steps (``recency > 0`` weights a start by
+  ``1 / (age_rank + 1) ** recency`` where age_rank 0 is the newest chunk).
+- Capacity is counted in steps; the oldest chunks (in insertion order) are evicted whole.
+- ``(stream, seq)`` identifies a chunk; adding one that is held is a no-op returning False.
+- With a ``directory`` every chunk is written to its own file (temp name, fsync, rename,
+  fsync of the directory) before ``add`` returns, and the directory is reloaded on start.
+  Files are our own raw format with a CRC32 trailer, never pickle.
+
+This module is a plain class (no Ray, no torch): ``replay_actor.py`` wraps it for Ray.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import struct
+import zlib
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from daydream.chunks import chunk_length
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+
+_MAGIC = b"DDCHUNK1"
+_SUFFIX = ".chunk"
+_TMP_SUFFIX = ".tmp"
+
+
+# ---------------------------------------------------------------- chunk files
+
+
+def _encode_chunk_file(stream: str, seq: int, index: int, chunk: dict[str, np.ndarray]) -> list:
+    arrays = [(k, np.ascontiguousarray(v)) for k, v in chunk.items()]
+    header = {
+        "stream": stream,
+        "seq": int(seq),
+        "index": int(index),
+        "arrays": [[k, v.dtype.str, list(v.shape), int(v.nbytes)] for k, v in arrays],
+    }
+    head = json.dumps(header).encode()
+    parts = [_MAGIC, struct.pack("<I", len(head)), head] + [
+        memoryview(v).cast("B") for _, v in arrays
+    ]
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    parts.append(struct.pack("<I", crc))
+    return parts
+
+
+def _decode_chunk_file(data: bytes) -> tuple[str, int, int, dict[str, np.ndarray]]:
+    """Parse one chunk file; raises ValueError on anything torn, corrupt or unexpected."""
+    if len(data) < len(_MAGIC) + 8 or data[: len(_MAGIC)] != _MAGIC:
+        raise ValueError("bad magic or too short")
+    (crc,) = struct.unpack("<I", data[-4:])
+    if zlib.crc32(data[:-4]) != crc:
+        raise ValueError("checksum mismatch (torn or corrupt file)")
+    pos = len(_MAGIC)
+    (head_len,) = struct.unpack("<I", data[pos : pos + 4])
+    pos += 4
+    header = json.loads(data[pos : pos + head_len])
+    pos += head_len
+    chunk = {}
+    for name, dtype_str, shape, nbytes in header["arrays"]:
+        dtype = np.dtype(dtype_str)
+        if dtype.hasobject:
+            raise ValueError(f"object dtype in array {name!r}")
+        arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=pos)
+        chunk[name] = arr.reshape(shape).copy()
+        pos += nbytes
+    if pos != len(data) - 4:
+        raise ValueError("length mismatch")
+    return str(header["stream"]), int(header["seq"]), int(header["index"]), chunk
+
+
+# ---------------------------------------------------------------- segments
+
+
+class _Segment:
+    """Consecutive chunks of one stream: seqs first_seq .. first_seq + len - 1 (live from head)."""
+
+    __slots__ = ("stream", "first_seq", "head", "lengths", "offsets", "end")
+
+    def __init__(self, stream: str, first_seq: int):
+        self.stream = stream
+        self.first_seq = first_seq  # seq of lengths[0] (entries before head are evicted)
+        self.head = 0
+        self.lengths: list[int] = []
+        self.offsets: list[int] = []  # absolute step offset of each chunk's first step
+        self.end = 0  # absolute offset one past the last step
+
+    def append(self, length: int) -> None:
+        self.offsets.append(self.end)
+        self.lengths.append(length)
+        self.end += length
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.lengths) - 1
+
+    @property
+    def head_seq(self) -> int:
+        return self.first_seq + self.head
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.lengths) - self.head
+
+    @property
+    def num_steps(self) -> int:
+        return self.end - self.offsets[self.head] if self.num_chunks else 0
+
+    def pop_head(self) -> None:
+        self.head += 1
+        if self.head > 64 and self.head * 2 > len(self.lengths):  # compact now and then
+            self.first_seq += self.head
+            self.lengths = self.lengths[self.head :]
+            self.offsets = self.offsets[self.head :]
+            self.head = 0
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(seq, offset inside that chunk) of the step ``step`` counted from the segment start."""
+        absolute = self.offsets[self.head] + step
+        i = bisect.bisect_right(self.offsets, absolute, lo=self.head) - 1
+        return self.first_seq + i, absolute - self.offsets[i]
+
+
+class Replay:
+    """Owns the stored experience: chunks per stream, their files on disk, sampling and eviction.
+
+    Not thread-safe; ``ReplayActor`` serialises access. See the module docstring.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        directory: str | Path | None = None,
+        recency: float = 0.0,
+        seed: int = 0,
+    ):
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1 step, got {capacity}")
+        if recency < 0:
+            raise ValueError(f"replay recency must be >= 0 (0 is uniform), got {recency}")
+        self.capacity = int(capacity)
+        self.recency = float(recency)
+        self.directory = Path(directory) if directory is not None else None
+        self._rng = np.random.default_rng(seed)
+        self._chunks: dict[Key, dict[str, np.ndarray]] = {}
+        self._index: dict[Key, int] = {}  # insertion index (also the file name)
+        self._order: deque[Key] = deque()  # insertion order, oldest first
+        self._segments: dict[str, list[_Segment]] = {}  # per stream, sorted by seq
+        self._spec: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
+        self._next_index = 0
+        self._num_steps = 0
+        self._counts = {"added": 0, "duplicates": 0, "evicted": 0, "reloaded": 0, "corrupt": 0}
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._reload()
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def num_steps(self) -> int:
+        return self._num_steps
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self._chunks)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._chunks
+
+    def add(self, stream: str, seq: int, chunk: dict[str, np.ndarray]) -> bool:
+        """Store one chunk (arrays shaped (T, ...)); False if (stream, seq) is already held.
+
+        With a directory, the chunk is on disk (fsynced) when this returns True.
+        """
+        stream, seq = str(stream), int(seq)
+        key = (stream, seq)
+        if key in self._chunks:
+            self._counts["duplicates"] += 1
+            return False
+        chunk = {k: np.asarray(v) for k, v in chunk.items()}
+        length = chunk_length(chunk)
+        self._check_spec(chunk)
+        index = self._next_index
+        if self.directory is not None:
+            self._write(stream, seq, index, chunk)
+        self._insert(key, index, chunk, length)
+        self._counts["added"] += 1
+        self._evict()
+        return True
+
+    def ready(self, length: int) -> bool:
+        """True when at least one sequence of ``length`` steps can be sampled."""
+        return any(s.num_steps >= length for segs in self._segments.values() for s in segs)
+
+    def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
+        """``batch_size`` sequences of ``length`` consecutive steps, as (B, L, ...) arrays."""
+        if not self.ready(length):
+            raise ValueError(
+                f"replay cannot sample sequences of {length} steps yet (holds {self._num_steps} "
+                f"steps, no gap-free run that long); check ready() or wait for more data"
+            )
+        assert self._spec is not None
+        out = {
+            k: np.empty((batch_size, length) + shape, dtype)
+            for k, (dtype, shape) in self._spec.items()
+        }
+        for b, (seg, start) in enumerate(self._sample_starts(batch_size, length)):
+            seq, offset = seg.locate(start)
+            filled = 0
+            while filled < length:
+                chunk = self._chunks[(seg.stream, seq)]
+                take = min(length - filled, chunk_length(chunk) - offset)
+                for k, arr in chunk.items():
+                    out[k][b, filled : filled + take] = arr[offset : offset + take]
+                filled += take
+                seq, offset = seq + 1, 0
+        return out
+
+    def stats(self) -> dict:
+        return {
+            "steps": self._num_steps,
+            "chunks": len(self._chunks),
+            "streams": len(self._segments),
+            "segments": sum(len(s) for s in self._segments.values()),
+            "capacity": self.capacity,
+            **self._counts,
+        }
+
+    # ------------------------------------------------------------ sampling
+
+    def _sample_starts(self, batch_size: int, length: int) -> list[tuple[_Segment, int]]:
+        segs = [s for ss in self._segments.values() for s in ss if s.num_steps >= length]
+        if self.recency <= 0:
+            counts = np.array([s.num_steps - length + 1 for s in segs], np.float64)
+            picks = self._rng.choice(len(segs), size=batch_size, p=counts / counts.sum())
+            starts = self._rng.random(batch_size) * counts[picks]
+            return [(segs[i], int(st)) for i, st in zip(picks, starts, strict=True)]
+        # Recency: weight every valid start by the age rank of the chunk it lies in.
+        seg_ids, chunk_starts, chunk_counts, ages = [], [], [], []
+        newest = self._next_index - 1
+        for si, seg in enumerate(segs):
+            valid = seg.num_steps - length + 1  # starts 0 .. valid-1 (relative to the segment)
+            base = seg.offsets[seg.head]
+            for i in range(seg.head, len(seg.lengths)):
+                lo = seg.offsets[i] - base
+                if lo >= valid:
+                    break
+                seg_ids.append(si)
+                chunk_starts.append(lo)
+                chunk_counts.append(min(seg.lengths[i], valid - lo))
+                ages.append(newest - self._index[(seg.stream, seg.first_seq + i)])
+        counts = np.asarray(chunk_counts, np.float64)
+        weights = counts / (np.asarray(ages, np.float64) + 1.0) ** self.recency
+        picks = self._rng.choice(len(counts), size=batch_size, p=weights / weights.sum())
+        within = (self._rng.random(batch_size) * counts[picks]).astype(np.int64)
+        return [
+            (segs[seg_ids[p]], chunk_starts[p] + int(w)) for p, w in zip(picks, within, strict=True)
+        ]
+
+    # ------------------------------------------------------------ storage
+
+    def _check_spec(self, chunk: dict[str, np.ndarray]) -> None:
+        spec = {k: (v.dtype, v.shape[1:]) for k, v in chunk.items()}
+        for k, (dtype, _) in spec.items():
+            if dtype.hasobject:
+                raise ValueError(
+                    f"chunk array {k!r} has object dtype; only numeric arrays are stored"
+                )
+        if self._spec is None:
+            self._spec = spec
+        elif spec != self._spec:
+            raise ValueError(
+                f"chunk keys/dtypes/shapes {_fmt(spec)} differ from the replay's "
+                f"{_fmt(self._spec)}; all actors of one replay must share observation and "
+                "action spaces"
+            )
+
+    def _insert(self, key: Key, index: int, chunk: dict[str, np.ndarray], length: int) -> None:
+        stream, seq = key
+        self._chunks[key] = chunk
+        self._index[key] = index
+        self._order.append(key)
+        self._next_index = max(self._next_index, index + 1)
+        self._num_steps += length
+        segs = self._segments.setdefault(stream, [])
+        if segs and segs[-1].last_seq == seq - 1:
+            segs[-1].append(length)  # the common case: the next chunk of the newest segment
+        elif not segs or segs[-1].last_seq < seq - 1:
+            seg = _Segment(stream, seq)
+            seg.append(length)
+            segs.append(seg)
+        else:
+            self._rebuild_segments(stream)  # out of order (a resend after an outage)
+
+    def _rebuild_segments(self, stream: str) -> None:
+        seqs = sorted(seq for (s, seq) in self._chunks if s == stream)
+        segs: list[_Segment] = []
+        for seq in seqs:
+            if not segs or segs[-1].last_seq != seq - 1:
+                segs.append(_Segment(stream, seq))
+            segs[-1].append(chunk_length(self._chunks[(stream, seq)]))
+        if segs:
+            self._segments[stream] = segs
+        else:
+            self._segments.pop(stream, None)
+
+    def _evict(self) -> None:
+        while self._num_steps > self.capacity and len(self._order) > 1:
+            key = self._order.popleft()
+            stream, seq = key
+            chunk = self._chunks.pop(key)
+            index = self._index.pop(key)
+            self._num_steps -= chunk_length(chunk)
+            self._counts["evicted"] += 1
+            segs = self._segments[stream]
+            if segs[0].head_seq == seq:
+                segs[0].pop_head()
+                if segs[0].num_chunks == 0:
+                    segs.pop(0)
+                    if not segs:
+                        del self._segments[stream]
+            else:
+                self._rebuild_segments(stream)
+            if self.directory is not None:
+                (self.directory / f"{index:012d}{_SUFFIX}").unlink(missing_ok=True)
+
+    def _write(self, stream: str, seq: int, index: int, chunk: dict[str, np.ndarray]) -> None:
+        assert self.directory is not None
+        final = self.directory / f"{index:012d}{_SUFFIX}"
+        tmp = self.directory / f".{index:012d}{_SUFFIX}{_TMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for part in _encode_chunk_file(stream, seq, index, chunk):
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        dfd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # make the rename itself durable
+        finally:
+            os.close(dfd)
+
+    def _reload(self) -> None:
+        assert self.directory is not None
+        for tmp in self.directory.glob(f".*{_SUFFIX}{_TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)  # a write that never reached its rename
+        for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
+            try:
+                stream, seq, index, chunk = _decode_chunk_file(path.read_bytes())
+                if path.name != f"{index:012d}{_SUFFIX}":
+                    raise ValueError("file name does not match its index")
+                length = chunk_length(chunk)
+                self._check_spec(chunk)
+            except (ValueError, KeyError, TypeError, struct.error) as e:
+                self._counts["corrupt"] += 1
+                log.warning(
+                    "replay: ignoring unreadable chunk file %s (%s); renamed to *.corrupt", path, e
+                )
+                path.rename(path.with_name(path.name + ".corrupt"))
+                continue
+            if (stream, seq) in self._chunks:
+                path.unlink()
+                continue
+            self._insert((stream, seq), index, chunk, length)
+            self._counts["reloaded"] += 1
+        self._evict()
+        if self._chunks:
+            log.info(
+                "replay: reloaded %d chunks (%d steps) from %s",
+                len(self._chunks),
+                self._num_steps,
+                self.directory,
+            )
+
+
+def _fmt(spec: dict) -> str:
+    return "{" + ", ".join(f"{k}: {d.str}{tuple(s)}" for k, (d, s) in sorted(spec.items())) + "}"

@@ -1,0 +1,176 @@
+"""Replay: sequence sampling, gaps, eviction, duplicates, persistence, recency (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daydream.chunks import ChunkBuilder
+from daydream.replay import Replay
+
+
+def make_chunk(
+    stream_id: int, seq: int, length: int = 4, first: bool = False
+) -> dict[str, np.ndarray]:
+    """Steps whose ``step`` value encodes (stream, seq, position), so samples can be traced back."""
+    pos = np.arange(length)
+    is_first = np.zeros(length, bool)
+    is_first[0] = first
+    return {
+        "step": (stream_id * 1_000_000 + seq * 1000 + pos).astype(np.int64),
+        "image": np.full((length, 4, 4, 3), seq % 256, np.uint8),
+        "is_first": is_first,
+    }
+
+
+def decode(value: int) -> tuple[int, int, int]:
+    return value // 1_000_000, (value % 1_000_000) // 1000, value % 1000
+
+
+def assert_contiguous(batch: dict[str, np.ndarray], chunk_len: int) -> None:
+    for row in batch["step"]:
+        stream0, seq0, pos0 = decode(int(row[0]))
+        for t, value in enumerate(row):
+            absolute = seq0 * chunk_len + pos0 + t
+            assert decode(int(value)) == (stream0, absolute // chunk_len, absolute % chunk_len)
+
+
+def test_sample_shapes_and_sequences_are_contiguous_across_chunks():
+    replay = Replay(capacity=10_000)
+    for s in range(2):
+        for seq in range(10):
+            assert replay.add(f"a{s}", seq, make_chunk(s, seq, first=(seq % 3 == 0)))
+    batch = replay.sample(batch_size=64, length=10)
+    assert batch["step"].shape == (64, 10)
+    assert batch["image"].shape == (64, 10, 4, 4, 3) and batch["image"].dtype == np.uint8
+    assert batch["is_first"].dtype == bool
+    assert_contiguous(batch, 4)
+    # sequences cross chunk boundaries and episode starts (is_first inside is kept, not dropped)
+    assert batch["is_first"][:, 1:].any()
+
+
+def test_sequences_never_span_a_gap_in_sequence_numbers():
+    replay = Replay(capacity=10_000)
+    for seq in [0, 1, 2, 5, 6, 7]:  # 3 and 4 missing: two runs of 12 steps
+        replay.add("a", seq, make_chunk(0, seq))
+    assert replay.ready(12) and not replay.ready(13)
+    batch = replay.sample(batch_size=500, length=12)
+    assert_contiguous(batch, 4)
+    starts = {decode(int(v))[1:] for v in batch["step"][:, 0]}
+    assert starts == {(0, 0), (5, 0)}  # only the two full runs fit
+    with pytest.raises(ValueError, match="cannot sample"):
+        replay.sample(1, 13)
+
+
+def test_out_of_order_chunk_closes_the_gap():
+    replay = Replay(capacity=10_000)
+    for seq in [0, 2, 3]:
+        replay.add("a", seq, make_chunk(0, seq))
+    assert not replay.ready(13)
+    replay.add("a", 1, make_chunk(0, 1))  # a resend arriving late
+    assert replay.ready(16)
+    assert_contiguous(replay.sample(8, 16), 4)
+
+
+def test_sampling_is_uniform_over_start_positions():
+    replay = Replay(capacity=10_000, seed=1)
+    for seq in range(5):
+        replay.add("a", seq, make_chunk(0, seq))  # 20 steps -> 17 starts of length 4
+    batch = replay.sample(batch_size=17_000, length=4)
+    starts = np.array([decode(int(v))[1] * 4 + decode(int(v))[2] for v in batch["step"][:, 0]])
+    counts = np.bincount(starts, minlength=17)
+    assert counts.shape == (17,) and counts.min() > 800 and counts.max() < 1200
+
+
+def test_short_episodes_and_partial_chunks_are_kept():
+    replay = Replay(capacity=10_000)
+    builder = ChunkBuilder(4)
+    chunks = []
+    for t in range(10):
+        out = builder.add({"x": np.array([t], np.float32), "is_first": np.array(t % 3 == 0)})
+        if out is not None:
+            chunks.append(out)
+    chunks.append(builder.flush())
+    assert [len(c["x"]) for c in chunks] == [4, 4, 2] and builder.flush() is None
+    for seq, chunk in enumerate(chunks):
+        replay.add("a", seq, chunk)
+    assert replay.num_steps == 10 and replay.ready(10)
+    np.testing.assert_array_equal(replay.sample(1, 10)["x"][0, :, 0], np.arange(10))
+
+
+def test_duplicates_are_dropped_by_stream_and_seq():
+    replay = Replay(capacity=10_000)
+    assert replay.add("a", 0, make_chunk(0, 0))
+    assert not replay.add("a", 0, make_chunk(0, 0))
+    assert replay.add("b", 0, make_chunk(1, 0))
+    assert replay.num_steps == 8 and replay.stats()["duplicates"] == 1
+
+
+def test_fifo_eviction_of_whole_oldest_chunks():
+    replay = Replay(capacity=10)
+    for seq in range(4):
+        replay.add("a", seq, make_chunk(0, seq))
+    assert replay.num_steps == 8  # 4 chunks of 4 would be 16 > 10: the two oldest went
+    assert ("a", 0) not in replay and ("a", 1) not in replay and ("a", 3) in replay
+    assert {decode(int(v))[1] for v in replay.sample(200, 1)["step"][:, 0]} == {2, 3}
+    assert replay.stats()["evicted"] == 2
+
+
+def test_mismatched_chunk_spec_is_refused_with_a_clear_error():
+    replay = Replay(capacity=100)
+    replay.add("a", 0, make_chunk(0, 0))
+    bad = make_chunk(0, 1)
+    bad["image"] = bad["image"].astype(np.float32)
+    with pytest.raises(ValueError, match="share observation and action spaces"):
+        replay.add("a", 1, bad)
+    with pytest.raises(ValueError, match="leading time axis"):
+        replay.add("a", 1, {"step": np.zeros(3), "image": np.zeros((2, 4, 4, 3), np.uint8)})
+
+
+def test_persisted_chunks_are_reloaded_and_evicted_files_deleted(tmp_path):
+    replay = Replay(capacity=12, directory=tmp_path)
+    for seq in range(5):
+        replay.add("a", seq, make_chunk(0, seq))
+    replay.add("b", 0, make_chunk(1, 0))
+    assert len(list(tmp_path.glob("*.chunk"))) == 3  # 12 steps of capacity: 3 chunks on disk
+    held = sorted(replay._chunks)
+    again = Replay(capacity=12, directory=tmp_path)
+    assert sorted(again._chunks) == held and again.num_steps == 12
+    for key in held:
+        for k in again._chunks[key]:
+            np.testing.assert_array_equal(again._chunks[key][k], replay._chunks[key][k])
+    assert not again.add("a", 4, make_chunk(0, 4))  # duplicates are still recognised after reload
+    assert again.add("a", 5, make_chunk(0, 5))
+    assert_contiguous(again.sample(16, 8), 4)
+
+
+def test_torn_and_corrupt_files_are_ignored_on_reload(tmp_path):
+    replay = Replay(capacity=100, directory=tmp_path)
+    for seq in range(3):
+        replay.add("a", seq, make_chunk(0, seq))
+    files = sorted(tmp_path.glob("*.chunk"))
+    data = files[-1].read_bytes()
+    files[-1].write_bytes(data[: len(data) // 2])  # torn tail
+    flipped = bytearray(files[0].read_bytes())
+    flipped[100] ^= 0xFF
+    files[0].write_bytes(bytes(flipped))  # bit rot
+    (tmp_path / ".000000000099.chunk.tmp").write_bytes(b"partial")  # a write that never renamed
+    (tmp_path / "000000000100.chunk").write_bytes(b"")  # empty file
+    again = Replay(capacity=100, directory=tmp_path)
+    assert sorted(again._chunks) == [("a", 1)]
+    assert again.stats()["corrupt"] == 3
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert again.add("a", 2, make_chunk(0, 2))  # the torn chunk can be resent
+    assert Replay(capacity=100, directory=tmp_path).num_steps == 8
+
+
+def test_recency_favours_recent_chunks():
+    uniform, recent = Replay(capacity=10_000, seed=0), Replay(capacity=10_000, recency=1.0, seed=0)
+    for seq in range(50):
+        for replay in (uniform, recent):
+            replay.add("a", seq, make_chunk(0, seq))
+    seqs_u = np.array([decode(int(v))[1] for v in uniform.sample(4000, 4)["step"][:, 0]])
+    seqs_r = np.array([decode(int(v))[1] for v in recent.sample(4000, 4)["step"][:, 0]])
+    assert seqs_r.mean() > seqs_u.mean() + 10
+    assert (seqs_r >= 45).mean() > 0.3  # 5 newest chunks: ~half the mass (10% if uniform)
+    assert_contiguous(recent.sample(64, 9), 4)
