@@ -13,6 +13,7 @@ import sys
 
 VERBS: dict[str, str] = {
     "train": "single-process training: collect, store, train, log (simulated or gym robots)",
+    "keys": "create CURVE key pairs for the gateway and robots, and the gateway's allow-list",
 }
 
 
