@@ -97,6 +97,14 @@ class ConnectionLost(RobotFault):
     """The link to the controller or board is gone, or its state stopped updating."""
 
 
+class LimitViolation(ValueError):
+    """A command the robot refuses outright (for example a target outside its joint limits).
+
+    Raised by :meth:`Robot.limit_command`; the safety supervisor does not execute the
+    command, counts and logs the refusal, and holds the previous command instead.
+    """
+
+
 class Robot(abc.ABC):
     """A robot (or simulated robot): its spaces, its connection, and how it stops.
 
@@ -130,6 +138,18 @@ class Robot(abc.ABC):
     @abc.abstractmethod
     def disconnect(self) -> None:
         """Stop safely and close connections."""
+
+    def limit_command(
+        self, action: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Apply this robot's own limits (workspace box, joint limits, tool speed) to a command.
+
+        Called by the safety supervisor after its generic limits (action bounds, per-step
+        change) and right before :meth:`step`. Returns the possibly clamped action and
+        human-readable notes on what was changed (empty when nothing was). Raise
+        :class:`LimitViolation` to refuse the command. The default passes it through.
+        """
+        return action, []
 
     def __enter__(self) -> Robot:
         self.connect()
