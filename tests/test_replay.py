@@ -174,3 +174,50 @@ def test_recency_favours_recent_chunks():
     assert seqs_r.mean() > seqs_u.mean() + 10
     assert (seqs_r >= 45).mean() > 0.3  # 5 newest chunks: ~half the mass (10% if uniform)
     assert_contiguous(recent.sample(64, 9), 4)
+
+
+def test_samples_per_insert_throttles_the_sampler_never_the_inserter():
+    from daydream.replay_actor import ReplayService
+
+    service = ReplayService(capacity=10_000, samples_per_insert=2.0, spi_tolerance=0, min_size=8)
+    assert service.add("a", 0, make_chunk(0, 0))
+    assert service.sample(1, 4) is None  # below min_size
+    assert service.add("a", 1, make_chunk(0, 1))  # 8 steps inserted: may replay 16
+    assert service.sample(2, 4) is not None and service.sample(2, 4) is not None
+    assert service.sample(1, 4) is None  # 16 sampled: the learner is ahead
+    for seq in range(2, 200):  # inserting is never refused or delayed
+        assert service.add("a", seq, make_chunk(0, seq))
+    assert service.sample(2, 4) is not None
+    assert service.stats()["throttled"] == 2
+
+
+def test_throttled_sample_waits_for_an_insert_from_another_thread():
+    import threading
+
+    from daydream.replay_actor import ReplayService
+
+    service = ReplayService(capacity=10_000, samples_per_insert=1.0, spi_tolerance=0, min_size=4)
+    service.add("a", 0, make_chunk(0, 0))
+    assert service.sample(1, 4) is not None  # 4 of 4 allowed steps used
+    timer = threading.Timer(0.2, service.add, args=("a", 1, make_chunk(0, 1)))
+    timer.start()
+    batch = service.sample(1, 4, timeout=5.0)
+    timer.join()
+    assert batch is not None and batch["step"].shape == (1, 4)
+
+
+def test_replay_actor_adds_batches_and_samples_through_ray(ray_session, tmp_path):
+    from daydream.replay_actor import ReplayActor
+
+    ray = ray_session
+    replay = ReplayActor.remote(capacity=1000, directory=str(tmp_path), min_size=1)
+    items = [("a", seq, make_chunk(0, seq)) for seq in range(4)] + [("a", 0, make_chunk(0, 0))]
+    bad = make_chunk(0, 9)
+    bad["image"] = bad["image"][:, :2]
+    results = ray.get(replay.add_batch.remote(items + [("a", 9, bad)]))
+    assert results[:5] == [True, True, True, True, False] and isinstance(results[5], str)
+    assert ray.get(replay.ready.remote(16))
+    assert_contiguous(ray.get(replay.sample.remote(8, 16)), 4)
+    stats = ray.get(replay.stats.remote())
+    assert stats["steps"] == 16 and stats["duplicates"] == 1 and stats["rejected"] == 1
+    ray.kill(replay)
