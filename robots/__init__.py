@@ -15,6 +15,8 @@ from robots.base import Robot, Space
 # name -> "module:factory"; the factory takes the full config and returns a Robot.
 REGISTRY: dict[str, str] = {
     "gym": "robots.gym:make_gym_robot",
+    "quadruped": "robots.quadruped:make_quadruped",
+    "sim_quadruped": "robots.sim.sim_quadruped:make_sim_quadruped",
 }
 
 

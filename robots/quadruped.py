@@ -1,0 +1,378 @@
+"""A 12-servo quadruped on a serial servo board, and its `walk` task (after DayDreamer's A1).
+
+The driver talks to the board with robots/protocol.py over pyserial, exactly the
+same way for a real board on /dev/ttyUSB0 and for the virtual board on a
+pseudo-terminal (robots/sim/). Every command is answered by one TELEMETRY frame
+that carries the command's sequence number; the driver waits for that answer.
+
+Task `walk` (reset-free, as on DayDreamer's A1):
+- action: 12 values in [-1, 1]; 0 is the standing pose, +-1 is ``action_fraction``
+  of the way from the standing pose to the upper / lower joint limit. The target
+  then moves at most ``max_delta`` rad per tick from the previous target.
+- reward: upright * (1 + cos(roll) cos(pitch)) / 2
+          + forward * clip(forward_velocity / target_speed, -1, 1)
+- episodes: ``episode_length`` ticks, ``is_terminal`` always false. ``reset()`` does
+  not reposition the robot; it stands it up only if it has fallen. During an
+  episode, a robot fallen for ``standup.fallen_steps`` ticks in a row is stood up
+  too (0 disables that), and the episode goes on.
+
+Connection handling: ``connect()`` opens the port, arms the board's command timeout
+(``board_timeout`` s, then ``timeout_action``) and sends the gains. A missing answer
+is re-requested ``reply_retries`` times, then the driver raises ConnectionLost; a
+board that timed out raises ConnectionLost; board fault bits raise RobotFault.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import serial
+
+from robots import protocol as P
+from robots.base import ConnectionLost, Robot, RobotFault, Space, step_spaces, validate
+
+log = logging.getLogger(__name__)
+
+N = P.N_JOINTS
+
+
+class Companion(Protocol):
+    """Something that must run while the driver is connected (the virtual board in sim)."""
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _per_joint(values: Any, what: str) -> np.ndarray:
+    """12 values from 1 (all joints), 3 (per leg, repeated for 4 legs) or 12 values."""
+    arr = np.atleast_1d(np.asarray(list(values) if not np.isscalar(values) else [values],
+                                   np.float32))
+    if arr.size == 1:
+        return np.full(N, arr[0], np.float32)
+    if arr.size == 3:
+        return np.tile(arr, 4).astype(np.float32)
+    if arr.size == N:
+        return arr
+    raise ValueError(f"quadruped.{what} needs 1, 3 (per leg) or 12 values, got {arr.size}")
+
+
+class Quadruped(Robot):
+    """The quadruped driver: owns the serial port, the board's state and the walk task.
+
+    ``cfg`` is the ``quadruped`` config block. ``camera``, if given, returns an
+    (H, W, 3) uint8 frame for the ``image`` key; ``companion`` is started on connect
+    and closed on disconnect.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        camera: Callable[[], np.ndarray] | None = None,
+        companion: Companion | None = None,
+    ) -> None:
+        self.port = str(cfg.port)
+        self.baudrate = int(cfg.baudrate)
+        self.read_timeout = float(cfg.read_timeout)
+        self.reply_timeout = float(cfg.reply_timeout)
+        self.reply_retries = int(cfg.reply_retries)
+        self.board_timeout = float(cfg.board_timeout)
+        action = str(cfg.timeout_action).lower()
+        if action not in ("relax", "hold"):
+            raise ValueError(
+                f"quadruped.timeout_action is '{cfg.timeout_action}'; use relax or hold"
+            )
+        self.timeout_action = P.TimeoutAction.HOLD if action == "hold" else P.TimeoutAction.RELAX
+        self.control_period = float(cfg.control_period)
+        self.pace = bool(cfg.pace)
+        self.lower = _per_joint(cfg.joint_lower, "joint_lower")
+        self.upper = _per_joint(cfg.joint_upper, "joint_upper")
+        self.stand_pose = np.clip(_per_joint(cfg.stand_pose, "stand_pose"), self.lower, self.upper)
+        if np.any(self.lower >= self.upper):
+            raise ValueError("quadruped.joint_lower must be below quadruped.joint_upper")
+        self.action_fraction = float(cfg.action_fraction)
+        self.max_delta = float(cfg.max_delta)
+        self.kp = _per_joint(cfg.kp, "kp")
+        self.kd = _per_joint(cfg.kd, "kd")
+        self.episode_length = int(cfg.episode_length)
+        self.w_upright = float(cfg.reward.upright)
+        self.w_forward = float(cfg.reward.forward)
+        self.target_speed = float(cfg.reward.target_speed)
+        self.upright_threshold = float(cfg.standup.upright_threshold)
+        self.fallen_steps = int(cfg.standup.fallen_steps)
+        self.standup_timeout = float(cfg.standup.timeout)
+
+        self.image_enabled = bool(cfg.image.enabled)
+        if self.image_enabled and camera is None:
+            raise ValueError(
+                "quadruped.image.enabled is true but no camera was given to the driver "
+                "(the real quadruped has no camera wiring yet; set quadruped.image.enabled=false)"
+            )
+        self.camera = camera if self.image_enabled else None
+        self.companion = companion
+
+        self.obs_space = {
+            "joint_pos": Space((N,), np.float32, self.lower, self.upper),
+            "joint_vel": Space((N,), np.float32),
+            "imu": Space((5,), np.float32),  # roll, pitch, roll rate, pitch rate, yaw rate
+            **step_spaces(),
+        }
+        if self.image_enabled:
+            h, w = (int(s) for s in cfg.image.size)
+            self.obs_space["image"] = Space((h, w, 3), np.uint8, 0, 255)
+        self.act_space = {"action": Space((N,), np.float32, -1.0, 1.0)}
+
+        self._serial: serial.Serial | None = None
+        self._decoder = P.FrameDecoder()
+        self._io_lock = threading.Lock()  # one command/answer transaction at a time
+        self._write_lock = threading.Lock()  # one frame on the wire at a time
+        self._seq = 0
+        self._stopped = True
+        self._targets = self.stand_pose.copy()
+        self._step = 0
+        self._fallen_for = 0
+        self._last_tick = 0.0
+        self.telemetry: P.Telemetry | None = None  # the newest answer from the board
+        self.stand_ups = 0
+
+    # ------------------------------------------------------------ connection
+    def connect(self) -> None:
+        if self._serial is not None:
+            return
+        if self.companion is not None:
+            self.companion.start()
+        try:
+            self._serial = serial.Serial(self.port, self.baudrate, timeout=self.read_timeout)
+        except (serial.SerialException, OSError) as e:
+            raise ConnectionLost(
+                f"serial port {self.port} cannot be opened: {e} (is the board plugged in and "
+                f"powered? is your user in group dialout? try --set quadruped.port=/dev/ttyACM0)"
+            ) from e
+        self._serial.reset_input_buffer()
+        self._decoder.reset()
+        self._transact(P.SetTimeout(self.board_timeout, self.timeout_action))
+        self._check(self._transact(P.Gains(self.kp, self.kd)), during="connect")
+        log.info("quadruped board on %s: timeout %.2fs -> %s", self.port, self.board_timeout,
+                 self.timeout_action.name.lower())
+
+    def disconnect(self) -> None:
+        """Hold the servos (the robot keeps standing where it stands), then close the port."""
+        if self._serial is not None:
+            self.stop(hard=False)
+            with self._io_lock, self._write_lock:
+                try:
+                    self._serial.close()
+                except (serial.SerialException, OSError):
+                    pass
+                self._serial = None
+        if self.companion is not None:
+            self.companion.close()
+
+    def stop(self, hard: bool = False) -> None:
+        """HOLD (hard=False) or RELAX (hard=True) the servos. Idempotent, any thread.
+
+        Sends the frame without waiting for the answer, so it never waits on a
+        transaction in progress in another thread. Afterwards step() refuses to run
+        until reset().
+        """
+        self._stopped = True
+        if self._serial is None:
+            return
+        try:
+            self._send(P.Relax() if hard else P.Hold())
+        except ConnectionLost as e:
+            log.warning("quadruped stop(%s) could not be sent: %s (the board's own "
+                        "timeout still stops it)", "hard" if hard else "soft", e)
+
+    def clear_faults(self) -> None:
+        """Clear the board's latched faults (after a person fixed their cause)."""
+        self._transact(P.ClearFaults())
+
+    # ------------------------------------------------------------ episode
+    def reset(self) -> dict[str, np.ndarray]:
+        self._require_connected()
+        # a board that timed out is what reset() recovers from: ENABLE clears it
+        tel = self._check(self._transact(P.GetState()), during="reset", timed_out_ok=True)
+        if self._fallen(tel):
+            tel = self._stand_up()
+        tel = self._check(self._transact(P.Enable()), during="reset")
+        self._targets = np.clip(tel.positions, self.lower, self.upper)
+        self._step = 0
+        self._fallen_for = 0
+        self._stopped = False
+        self._last_tick = time.monotonic()
+        return self._observation(tel, reward=0.0, first=True, last=False)
+
+    def step(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._require_connected()
+        if self._stopped:
+            raise RobotFault("quadruped is stopped (stop() was called); call reset() to go on")
+        validate(action, self.act_space, "action")
+        self._targets = self.targets_for(action["action"], self._targets)
+        if self.pace:
+            delay = self._last_tick + self.control_period - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self._last_tick = max(self._last_tick + self.control_period, time.monotonic() - 0.5)
+        tel = self._check(self._transact(P.Targets(self._targets)), during="step")
+        if not tel.status & P.Status.ACTIVE:
+            raise RobotFault(
+                f"quadruped board is not following targets (status {tel.status!r}); "
+                "something else stopped it; call reset() to re-enable"
+            )
+        self._step += 1
+        reward = self.reward(tel)
+        if self._fallen(tel):
+            self._fallen_for += 1
+            if self.fallen_steps and self._fallen_for >= self.fallen_steps:
+                tel = self._stand_up()
+                tel = self._check(self._transact(P.Enable()), during="step")
+                self._targets = np.clip(tel.positions, self.lower, self.upper)
+                self._fallen_for = 0
+        else:
+            self._fallen_for = 0
+        last = self._step >= self.episode_length
+        return self._observation(tel, reward=reward, first=False, last=last)
+
+    # ------------------------------------------------------------ task
+    def targets_for(self, action: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """Joint targets for an action in [-1, 1], at most max_delta from ``previous``."""
+        a = np.clip(np.nan_to_num(np.asarray(action, np.float32)), -1.0, 1.0)
+        up = self.stand_pose + a * self.action_fraction * (self.upper - self.stand_pose)
+        down = self.stand_pose + a * self.action_fraction * (self.stand_pose - self.lower)
+        wanted = np.where(a >= 0, up, down)
+        step = np.clip(wanted - previous, -self.max_delta, self.max_delta)
+        return np.clip(previous + step, self.lower, self.upper).astype(np.float32)
+
+    def reward(self, tel: P.Telemetry) -> float:
+        """Upright pose plus forward velocity (see the module docstring)."""
+        upright = (1.0 + np.cos(tel.imu[0]) * np.cos(tel.imu[1])) / 2.0
+        vx = 0.0 if not np.isfinite(tel.forward_velocity) else tel.forward_velocity
+        forward = np.clip(vx / self.target_speed, -1.0, 1.0) if self.target_speed > 0 else 0.0
+        return float(self.w_upright * upright + self.w_forward * forward)
+
+    def _fallen(self, tel: P.Telemetry) -> bool:
+        return float(np.cos(tel.imu[0]) * np.cos(tel.imu[1])) < self.upright_threshold
+
+    def _stand_up(self) -> P.Telemetry:
+        """Ask the board to stand up; poll until it has finished and stands upright."""
+        log.info("quadruped has fallen: running the board's stand-up routine")
+        tel = self._check(self._transact(P.StandUp()), during="stand-up", timed_out_ok=True)
+        deadline = time.monotonic() + self.standup_timeout
+        while tel.status & P.Status.STANDING_UP:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(min(0.05, self.control_period))
+            tel = self._check(self._transact(P.GetState()), during="stand-up")
+        if tel.status & P.Status.STANDING_UP or self._fallen(tel):
+            raise RobotFault(
+                f"quadruped did not stand up within {self.standup_timeout:.1f} s (roll "
+                f"{np.degrees(tel.imu[0]):.0f} deg, pitch {np.degrees(tel.imu[1]):.0f} deg); "
+                "help it onto its feet, then reset the safety stop"
+            )
+        self.stand_ups += 1
+        return tel
+
+    def _observation(self, tel: P.Telemetry, reward: float, first: bool, last: bool) -> dict:
+        obs = {
+            "joint_pos": np.clip(tel.positions, self.lower, self.upper).astype(np.float32),
+            "joint_vel": tel.velocities.astype(np.float32),
+            "imu": tel.imu.astype(np.float32),
+            "reward": np.float32(reward),
+            "is_first": np.bool_(first),
+            "is_last": np.bool_(last),
+            "is_terminal": np.bool_(False),
+        }
+        if self.camera is not None:
+            obs["image"] = self.camera()
+        return obs
+
+    # ------------------------------------------------------------ wire
+    def _require_connected(self) -> None:
+        if self._serial is None:
+            raise ConnectionLost(f"quadruped on {self.port} is not connected; call connect()")
+
+    def _send(self, msg: P.Message) -> int:
+        with self._write_lock:
+            if self._serial is None:
+                raise ConnectionLost(f"quadruped on {self.port} is not connected")
+            self._seq = (self._seq + 1) & 0xFFFF
+            seq = self._seq
+            try:
+                self._serial.write(P.encode(msg, seq))
+            except (serial.SerialException, OSError) as e:
+                raise ConnectionLost(
+                    f"writing to the quadruped board on {self.port} failed: {e} "
+                    "(cable unplugged? board powered off?)"
+                ) from e
+        return seq
+
+    def _transact(self, msg: P.Message) -> P.Telemetry:
+        """Send ``msg`` and return the board's answer; re-ask with GET_STATE if it is lost."""
+        with self._io_lock:
+            seq = self._send(msg)
+            for attempt in range(self.reply_retries + 1):
+                tel = self._await(seq)
+                if tel is not None:
+                    self.telemetry = tel
+                    return tel
+                if attempt < self.reply_retries:
+                    seq = self._send(P.GetState())
+        waited = (self.reply_retries + 1) * self.reply_timeout
+        raise ConnectionLost(
+            f"no answer from the quadruped board on {self.port} for {waited:.2f} s "
+            f"({self._decoder.stats.rejected} corrupted frames so far; is the cable in, "
+            "the board powered, the baudrate right? try --set quadruped.baudrate=...)"
+        )
+
+    def _await(self, seq: int) -> P.Telemetry | None:
+        """The TELEMETRY answering ``seq``, or None after reply_timeout. Drops stale answers."""
+        ser = self._serial
+        assert ser is not None
+        deadline = time.monotonic() + self.reply_timeout
+        while time.monotonic() < deadline:
+            try:
+                data = ser.read(ser.in_waiting or 1)
+            except (serial.SerialException, OSError, TypeError) as e:
+                raise ConnectionLost(
+                    f"reading from the quadruped board on {self.port} failed: {e} "
+                    "(cable unplugged? board powered off?)"
+                ) from e
+            if not data:
+                continue
+            for got, msg in self._decoder.feed(data):
+                if got == seq and isinstance(msg, P.Telemetry):
+                    return msg
+        return None
+
+    def _check(self, tel: P.Telemetry, during: str, timed_out_ok: bool = False) -> P.Telemetry:
+        """Raise on board faults or a board that timed out; return ``tel`` otherwise."""
+        if tel.faults:
+            names = ", ".join(f.name for f in P.Fault if f & tel.faults)
+            raise RobotFault(
+                f"quadruped board reports faults during {during}: {names}; the servos are "
+                "relaxed. Fix the cause, then call clear_faults() (or power-cycle the board)"
+            )
+        if tel.status & P.Status.TIMED_OUT and not timed_out_ok:
+            raise ConnectionLost(
+                f"quadruped board timed out during {during}: no command for more than "
+                f"{self.board_timeout:.2f} s, so it "
+                f"{'held' if self.timeout_action == P.TimeoutAction.HOLD else 'relaxed'} the "
+                "servos (policy stall? raise quadruped.board_timeout); call reset() to go on"
+            )
+        return tel
+
+    @property
+    def decoder_stats(self) -> P.DecoderStats:
+        """Counts of corrupted / dropped frames received from the board."""
+        return self._decoder.stats
+
+
+def make_quadruped(config: Any, **_: Any) -> Quadruped:
+    """The quadruped on a real servo board, from ``config.quadruped``."""
+    return Quadruped(config.quadruped)
