@@ -1,0 +1,164 @@
+"""The simulated pick-and-place cell of sim_ur5: a table, two bins, cubes, a gripper.
+
+Pure state and geometry, no sockets and no timing: the simulated controller
+(``sim_ur5.py``) moves the tool centre point (TCP), the simulated Robotiq server
+(``gripper_server.py``) opens and closes the fingers, and :meth:`Scene.render`
+draws a top-down camera image with OpenCV for the driver's ``image`` key.
+
+Frame: the robot base frame, metres, z up, the table top at z = 0.
+A cube is grasped when the gripper closes with its TCP within ``grasp_radius``
+of the cube's centre horizontally and within ``grasp_height`` vertically; a
+released cube falls straight down and rests on whatever is below it (a bin
+floor or the table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# RGB colours of the drawing (the driver's images are RGB, as the real camera's after conversion).
+_TABLE = (150, 120, 90)
+_BIN_FLOOR = (70, 90, 140)
+_BIN_WALL = (30, 40, 70)
+_OBJECT_COLOURS = ((230, 40, 40), (40, 200, 60), (240, 220, 40), (200, 60, 220), (40, 220, 230))
+_GRIPPER_OPEN = (250, 250, 250)
+_GRIPPER_CLOSED = (20, 20, 20)
+_TARGET = (255, 140, 0)
+
+
+@dataclass
+class Bin:
+    """An open box on the table, as an axis-aligned rectangle (x_min, y_min, x_max, y_max)."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    def contains(self, x: float, y: float) -> bool:
+        return self.x_min <= x <= self.x_max and self.y_min <= y <= self.y_max
+
+
+class Scene:
+    """Owns the cell's physical state: cube positions, which cube is held, the TCP, the fingers.
+
+    Thread-safety: the controller and the gripper server touch it from different threads,
+    one small method at a time; each method leaves the scene consistent.
+    """
+
+    def __init__(
+        self,
+        bins: list[list[float]],
+        table_low: tuple[float, float],
+        table_high: tuple[float, float],
+        objects: int = 3,
+        object_size: float = 0.04,
+        grasp_radius: float = 0.03,
+        grasp_height: float = 0.03,
+        image_size: tuple[int, int] = (64, 64),
+        seed: int = 0,
+    ) -> None:
+        self.bins = [Bin(*map(float, b)) for b in bins]
+        self.table_low = np.asarray(table_low, np.float64)
+        self.table_high = np.asarray(table_high, np.float64)
+        self.object_size = float(object_size)
+        self.grasp_radius = float(grasp_radius)
+        self.grasp_height = float(grasp_height)
+        self.rng = np.random.default_rng(seed)
+        self.tcp = np.array([0.46, 0.0, 0.3])
+        self.closed = False
+        self.held: int | None = None
+        self.target: np.ndarray | None = None  # reach task: drawn as a marker when set
+        self.objects = np.zeros((objects, 3))
+        for i in range(objects):
+            self.objects[i] = self._random_spot(self.bins[0])
+        self._size = (int(image_size[0]), int(image_size[1]))  # (H, W)
+        self._background = self._draw_background()
+
+    # ------------------------------------------------------------ physics
+    def _random_spot(self, b: Bin) -> np.ndarray:
+        margin = self.object_size
+        x = self.rng.uniform(b.x_min + margin, b.x_max - margin)
+        y = self.rng.uniform(b.y_min + margin, b.y_max - margin)
+        return np.array([x, y, self.object_size / 2])
+
+    def move_tcp(self, position: np.ndarray) -> None:
+        """The arm moved: a held cube moves with the fingers."""
+        self.tcp = np.asarray(position[:3], np.float64).copy()
+        if self.held is not None:
+            self.objects[self.held] = self.tcp
+
+    def close_fingers(self) -> bool:
+        """Close the gripper; return True when a cube is now between the fingers."""
+        if not self.closed and self.held is None:
+            dxy = np.linalg.norm(self.objects[:, :2] - self.tcp[:2], axis=1)
+            dz = np.abs(self.objects[:, 2] - self.tcp[2])
+            candidates = np.flatnonzero((dxy <= self.grasp_radius) & (dz <= self.grasp_height))
+            if candidates.size:
+                self.held = int(candidates[np.argmin(dxy[candidates])])
+                self.objects[self.held] = self.tcp
+        self.closed = True
+        return self.held is not None
+
+    def open_fingers(self) -> None:
+        """Open the gripper; a held cube falls and rests below the TCP."""
+        if self.held is not None:
+            self.objects[self.held] = [self.tcp[0], self.tcp[1], self.object_size / 2]
+            self.held = None
+        self.closed = False
+
+    def bin_of(self, x: float, y: float) -> int | None:
+        for i, b in enumerate(self.bins):
+            if b.contains(x, y):
+                return i
+        return None
+
+    def tidy(self) -> None:
+        """A person puts every cube lying outside the bins back into a random bin."""
+        for i in range(len(self.objects)):
+            if i != self.held and self.bin_of(*self.objects[i, :2]) is None:
+                self.objects[i] = self._random_spot(self.bins[self.rng.integers(len(self.bins))])
+
+    # ------------------------------------------------------------ camera
+    def _pixel(self, x: float, y: float) -> tuple[int, int]:
+        """Top-down camera: image rows follow -x (far side at the top), columns follow y."""
+        h, w = self._size
+        u = (y - self.table_low[1]) / (self.table_high[1] - self.table_low[1]) * (w - 1)
+        v = (self.table_high[0] - x) / (self.table_high[0] - self.table_low[0]) * (h - 1)
+        return int(round(u)), int(round(v))
+
+    def _metres_to_pixels(self, d: float) -> float:
+        return d / (self.table_high[1] - self.table_low[1]) * (self._size[1] - 1)
+
+    def _draw_background(self) -> np.ndarray:
+        h, w = self._size
+        img = np.empty((h, w, 3), np.uint8)
+        img[:] = _TABLE
+        for b in self.bins:
+            p0 = self._pixel(b.x_max, b.y_min)
+            p1 = self._pixel(b.x_min, b.y_max)
+            cv2.rectangle(img, p0, p1, _BIN_FLOOR, -1)
+            cv2.rectangle(img, p0, p1, _BIN_WALL, 1)
+        return img
+
+    def render(self) -> np.ndarray:
+        """An (H, W, 3) uint8 RGB top-down image: bins, cubes (>= 3 px), the gripper."""
+        img = self._background.copy()
+        half = max(1.5, self._metres_to_pixels(self.object_size) / 2)
+        for i, obj in enumerate(self.objects):
+            u, v = self._pixel(obj[0], obj[1])
+            # Higher things look bigger, as seen by a camera above the table.
+            s = half * (1.0 + obj[2] * 2.0)
+            colour = _OBJECT_COLOURS[i % len(_OBJECT_COLOURS)]
+            cv2.rectangle(img, (int(u - s), int(v - s)), (int(u + s), int(v + s)), colour, -1)
+        if self.target is not None:
+            u, v = self._pixel(self.target[0], self.target[1])
+            cv2.drawMarker(img, (u, v), _TARGET, cv2.MARKER_CROSS, max(3, int(half * 2)), 1)
+        u, v = self._pixel(self.tcp[0], self.tcp[1])
+        radius = max(2, int(round(half * (1.2 + self.tcp[2] * 4.0))))
+        colour = _GRIPPER_CLOSED if self.closed else _GRIPPER_OPEN
+        cv2.circle(img, (u, v), radius, colour, 1)
+        return img
