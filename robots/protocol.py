@@ -17,10 +17,11 @@ Frame (all integers little-endian)::
 The decoder (:class:`FrameDecoder`) is a streaming parser: feed it whatever bytes
 arrived; it returns the complete, valid frames and drops everything else. A frame
 with a wrong CRC, an unknown type or a payload length that does not match its type
-is counted and dropped, never returned (type and length are checked as soon as
-the header is in, before waiting for the payload); the decoder then searches for the next sync
-pair starting one byte after the rejected frame's sync, so a truncated frame never
-swallows the frame that follows it.
+is counted and dropped, never returned. Type and length are checked as soon as the
+header is in, before waiting for the payload; a frame cut short is dropped as soon
+as a complete valid frame turns up after its sync. After a rejected frame the
+decoder searches for the next sync pair from one byte after the rejected sync, so
+a corrupted or truncated frame never swallows the frame that follows it.
 """
 
 from __future__ import annotations
@@ -270,11 +271,12 @@ class DecoderStats:
     crc_errors: int = 0  # frames whose CRC did not match (corrupted or truncated)
     bad_length: int = 0  # length field wrong for the type
     unknown_type: int = 0
+    truncated: int = 0  # frames cut short: a complete frame followed before their end
     garbage_bytes: int = 0  # bytes skipped while searching for a sync pair
 
     @property
     def rejected(self) -> int:
-        return self.crc_errors + self.bad_length + self.unknown_type
+        return self.crc_errors + self.bad_length + self.unknown_type + self.truncated
 
 
 class FrameDecoder:
@@ -314,31 +316,57 @@ class FrameDecoder:
                 break
             stats.garbage_bytes += start - pos
             pos = start
-            if len(buf) - pos < HEADER.size:
-                break
-            _, length, seq, raw_type = HEADER.unpack_from(buf, pos)
-            # check type and length before waiting for the payload: a false sync in
-            # garbage must not make the decoder wait for bytes that belong to real frames
-            msg_type = _TYPES.get(raw_type)
-            if msg_type is None:
-                stats.unknown_type += 1
+            verdict, end = self._check_at(pos, count=True)
+            if verdict == "bad":
                 pos += 1
                 continue
-            if length != PAYLOAD_SIZE[msg_type]:
-                stats.bad_length += 1
-                pos += 1
+            if verdict == "incomplete":
+                # a frame cut short (lost bytes, board reset) must not hold back the
+                # complete frames that follow it: look for one further on
+                later = self._next_complete(pos + 1)
+                if later < 0:
+                    break
+                stats.truncated += 1
+                pos = later
                 continue
-            end = pos + HEADER.size + length + CRC.size
-            if len(buf) < end:
-                break
-            (crc,) = CRC.unpack_from(buf, end - CRC.size)
-            if crc != crc16(bytes(buf[pos + 2:end - CRC.size])):
-                stats.crc_errors += 1
-                pos += 1
-                continue
+            _, _, seq, raw_type = HEADER.unpack_from(buf, pos)
             payload = bytes(buf[pos + HEADER.size:end - CRC.size])
-            out.append((seq, decode_payload(msg_type, payload)))
+            out.append((seq, decode_payload(_TYPES[raw_type], payload)))
             stats.frames += 1
             pos = end
         del buf[:pos]
         return out
+
+    def _check_at(self, pos: int, count: bool) -> tuple[str, int]:
+        """("ok" | "bad" | "incomplete", end) for the frame whose sync is at ``pos``."""
+        buf = self._buf
+        if len(buf) - pos < HEADER.size:
+            return "incomplete", 0
+        _, length, _, raw_type = HEADER.unpack_from(buf, pos)
+        # type and length are checked before waiting for the payload: a false sync in
+        # garbage must not make the decoder wait for bytes that belong to real frames
+        msg_type = _TYPES.get(raw_type)
+        if msg_type is None:
+            self.stats.unknown_type += count
+            return "bad", 0
+        if length != PAYLOAD_SIZE[msg_type]:
+            self.stats.bad_length += count
+            return "bad", 0
+        end = pos + HEADER.size + length + CRC.size
+        if len(buf) < end:
+            return "incomplete", end
+        (crc,) = CRC.unpack_from(buf, end - CRC.size)
+        if crc != crc16(bytes(buf[pos + 2:end - CRC.size])):
+            self.stats.crc_errors += count
+            return "bad", end
+        return "ok", end
+
+    def _next_complete(self, pos: int) -> int:
+        """Start of the next complete valid frame at or after ``pos``, or -1."""
+        while True:
+            pos = self._buf.find(SYNC, pos)
+            if pos < 0:
+                return -1
+            if self._check_at(pos, count=False)[0] == "ok":
+                return pos
+            pos += 1
