@@ -15,6 +15,8 @@ from robots.base import Robot, Space
 # name -> "module:factory"; the factory takes the full config and returns a Robot.
 REGISTRY: dict[str, str] = {
     "gym": "robots.gym:make_gym_robot",
+    "ur5": "robots.ur5:make_ur5",
+    "sim_ur5": "robots.sim.sim_ur5:make_sim_ur5",
     "quadruped": "robots.quadruped:make_quadruped",
     "sim_quadruped": "robots.sim.sim_quadruped:make_sim_quadruped",
 }
