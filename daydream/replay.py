@@ -191,6 +191,10 @@ class Replay:
     def __contains__(self, key: Key) -> bool:
         return key in self._chunks
 
+    def keys(self) -> list[Key]:
+        """(stream, seq) of every chunk held, oldest first."""
+        return list(self._order)
+
     def add(self, stream: str, seq: int, chunk: dict[str, np.ndarray]) -> bool:
         """Store one chunk (arrays shaped (T, ...)); False if (stream, seq) is already held.
 

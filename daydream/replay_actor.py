@@ -121,6 +121,11 @@ class ReplayService:
         with self._cond:
             return self._limiter.inserted >= self._limiter.min_size and self._replay.ready(length)
 
+    def keys(self) -> list[tuple[str, int]]:
+        """(stream, seq) of every chunk held, oldest first."""
+        with self._cond:
+            return self._replay.keys()
+
     def num_steps(self) -> int:
         with self._cond:
             return self._replay.num_steps
