@@ -53,10 +53,10 @@ class MsgType(enum.IntEnum):
     TARGETS = 0x01  # 12 x f32 joint targets [rad]; the sim board steps one control period
     GAINS = 0x02  # 12 x f32 kp, 12 x f32 kd
     RELAX = 0x03  # servos off (no torque)
-    HOLD = 0x04  # hold the joint angles measured now; TARGETS are ignored until ENABLE
+    HOLD = 0x04  # hold the pose: keep the targets (relaxed: the measured angles); ignore TARGETS
     STAND_UP = 0x05  # run the board's stand-up routine, then hold the standing pose
     SET_TIMEOUT = 0x06  # f32 seconds (0 disarms), u8 action (0 relax, 1 hold)
-    ENABLE = 0x07  # leave hold/relax/timed-out: servos on, target = measured angles
+    ENABLE = 0x07  # leave hold/relax/timed-out: servos on, follow TARGETS (from the held pose)
     GET_STATE = 0x08  # no effect; the board answers with TELEMETRY
     CLEAR_FAULTS = 0x09  # clear latched fault bits (a person decided it is safe)
     TELEMETRY = 0x81  # the board's answer to every command
@@ -117,7 +117,7 @@ class Relax:
 
 @dataclass(frozen=True)
 class Hold:
-    """Hold the measured pose; TARGETS are ignored until ENABLE."""
+    """Hold the pose (the current targets; from relaxed, the measured angles); TARGETS ignored."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class SetTimeout:
 
 @dataclass(frozen=True)
 class Enable:
-    """Servos on, target = measured angles, TARGETS accepted again."""
+    """Servos on and TARGETS accepted again (from relaxed, starting at the measured angles)."""
 
 
 @dataclass(frozen=True)

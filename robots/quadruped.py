@@ -88,6 +88,12 @@ class Quadruped(Robot):
                 f"quadruped.timeout_action is '{cfg.timeout_action}'; use relax or hold"
             )
         self.timeout_action = P.TimeoutAction.HOLD if action == "hold" else P.TimeoutAction.RELAX
+        if 0 < self.board_timeout <= self.reply_timeout:
+            raise ValueError(
+                f"quadruped.reply_timeout ({self.reply_timeout} s) must be shorter than "
+                f"quadruped.board_timeout ({self.board_timeout} s): the driver re-asks a lost "
+                "answer after reply_timeout, and the board must not time out meanwhile"
+            )
         self.control_period = float(cfg.control_period)
         self.pace = bool(cfg.pace)
         self.lower = _per_joint(cfg.joint_lower, "joint_lower")

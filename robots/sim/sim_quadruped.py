@@ -67,8 +67,10 @@ class SimQuadruped:
         self._gyro = self.model.sensor("imu_gyro").adr[0]
         self._velocimeter = self.model.sensor("velocimeter").adr[0]
         self.stand_ups = 0
-        with self.lock:
-            mujoco.mj_forward(self.model, self.data)
+        # start standing and settled, with the model's own servo gains
+        self.stand_up(self.stand_pose, self.model.actuator_gainprm[:, 0].copy(),
+                      -self.model.actuator_biasprm[:, 2].copy())
+        self.stand_ups = 0
 
     # ------------------------------------------------------------ board interface
     @property

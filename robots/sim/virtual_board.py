@@ -221,7 +221,9 @@ class VirtualBoard:
 
     def _enter(self, mode: P.Status) -> None:
         """Switch servo mode (state lock held)."""
-        if mode == P.Status.HOLDING or (mode == P.Status.ACTIVE and self.mode != P.Status.ACTIVE):
+        if mode != P.Status.RELAXED and self.mode == P.Status.RELAXED:
+            # servos come on where the joints are; otherwise they keep their targets
+            # (re-targeting to the measured angles would drop the load-bearing error)
             positions, *_ = self.physics.measure()
             self.targets = np.clip(positions, self.joint_lower, self.joint_upper)
         if mode != P.Status.ACTIVE and self.mode == P.Status.ACTIVE:
