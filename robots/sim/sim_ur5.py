@@ -121,7 +121,7 @@ def inverse_kinematics(
     q_seed: np.ndarray,
     tcp_offset: float = 0.0,
     iters: int = 100,
-    tol: float = 1e-10,
+    tol: float = 1e-14,
 ) -> np.ndarray:
     """TCP pose -> joint angles nearest ``q_seed`` (damped Newton on the geometric Jacobian)."""
     pose = np.asarray(pose, np.float64)

@@ -1,0 +1,332 @@
+"""The UR5 driver (robots/ur5.py) on the simulated controller (robots/sim/sim_ur5.py).
+
+The driver is the real one; the controller, the Robotiq server (a real loopback socket)
+and the camera are simulated. Every command the driver sends is in ``sim.commands``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import robots
+from daydream.config import load_config
+from robots.base import ConnectionLost, ProtectiveStop, RobotFault, validate
+from robots.sim.sim_ur5 import forward_kinematics, inverse_kinematics, rotvec_to_matrix
+from robots.ur5 import PICK_PLACE_ACTIONS, StaleStateDetector
+
+A = {name: i for i, name in enumerate(PICK_PLACE_ACTIONS)}
+
+
+def one_hot(name: str) -> dict[str, np.ndarray]:
+    action = np.zeros(len(PICK_PLACE_ACTIONS), np.float32)
+    action[A[name]] = 1
+    return {"action": action}
+
+
+def make(*overrides: str):
+    return robots.make("sim_ur5", load_config(overrides=["robot.name=sim_ur5", *overrides]))
+
+
+@pytest.fixture
+def pick():
+    robot = make("ur5.task=pick_place")
+    with robot:
+        yield robot
+
+
+@pytest.fixture
+def reach():
+    robot = make("ur5.task=reach")
+    with robot:
+        yield robot
+
+
+def place_cube(robot, x: float, y: float) -> None:
+    """Cube 0 at (x, y) on the floor; the other cubes out of the way in the first bin's corner."""
+    objects = robot.cell.scene.objects
+    objects[:] = [0.36, -0.25, 0.02]
+    objects[0] = [x, y, 0.02]
+
+
+def run(robot, names: list[str]) -> list[float]:
+    return [float(robot.step(one_hot(n))["reward"]) for n in names]
+
+
+# ---------------------------------------------------------------- kinematics
+def test_inverse_kinematics_reaches_poses_across_the_workspace():
+    q = np.array([2.9, -1.62, 1.93, -1.89, -1.57, -1.81])
+    for x in (0.30, 0.46, 0.62):
+        for y in (-0.28, 0.0, 0.28):
+            for z in (0.03, 0.30):
+                pose = np.array([x, y, z, np.pi, 0, 0])
+                q = inverse_kinematics(pose, q, 0.16)
+                reached = forward_kinematics(q, 0.16)
+                np.testing.assert_allclose(reached[:3], pose[:3], atol=1e-5)
+                np.testing.assert_allclose(
+                    rotvec_to_matrix(reached[3:]), rotvec_to_matrix(pose[3:]), atol=1e-5
+                )
+
+
+# ---------------------------------------------------------------- task and rewards
+def test_observations_match_the_declared_spaces(pick, reach):
+    for robot in (pick, reach):
+        obs = robot.reset()
+        validate(obs, robot.obs_space)
+        assert obs["is_first"] and not obs["is_last"]
+        obs = robot.step({"action": robot.act_space["action"].sample(np.random.default_rng(0))})
+        validate(obs, robot.obs_space)
+        assert not obs["is_first"]
+    np.testing.assert_allclose(pick.reset()["tcp_pose"][:3], [0.46, 0.0, 0.15], atol=1e-4)
+
+
+def test_scripted_pick_and_place_into_the_other_bin_earns_grasp_and_place(pick):
+    pick.reset()
+    place_cube(pick, 0.46, -0.16)  # first bin, 4 grid cells to the left of home
+    script = ["-y"] * 4 + ["lower", "toggle_gripper", "raise"] + ["+y"] * 8 + ["toggle_gripper"]
+    rewards = run(pick, script)
+    assert rewards[5] == 1.0  # grasp
+    assert rewards[-1] == 10.0  # released over the other bin
+    assert sum(rewards) == 11.0
+    cube = pick.cell.scene.objects[0]
+    assert pick.cell.scene.bin_of(cube[0], cube[1]) == 1
+    assert cube[2] == pytest.approx(0.02)
+
+
+def test_release_over_the_same_bin_costs_one(pick):
+    pick.reset()
+    place_cube(pick, 0.42, -0.12)
+    script = ["-x", "-y", "-y", "-y", "lower", "toggle_gripper", "raise", "+x", "toggle_gripper"]
+    rewards = run(pick, script)
+    assert rewards[5] == 1.0
+    assert rewards[-1] == -1.0
+    assert sum(rewards) == 0.0
+
+
+def test_closing_on_nothing_earns_nothing_and_the_gripper_reports_closed(pick):
+    pick.reset()
+    place_cube(pick, 0.38, -0.20)
+    obs = pick.step(one_hot("lower"))
+    obs = pick.step(one_hot("toggle_gripper"))
+    assert obs["reward"] == 0.0
+    assert obs["gripper"][0] == pytest.approx(1.0)
+    obs = pick.step(one_hot("toggle_gripper"))
+    assert obs["reward"] == 0.0 and obs["gripper"][0] == pytest.approx(0.0)
+
+
+def test_episodes_end_after_episode_length_steps():
+    robot = make("ur5.episode_length=5")
+    with robot:
+        robot.reset()
+        lasts = [bool(robot.step(one_hot("+x"))["is_last"]) for _ in range(5)]
+        assert lasts == [False] * 4 + [True]
+        with pytest.raises(RuntimeError, match="reset"):
+            robot.step(one_hot("+x"))
+
+
+def test_reach_reward_is_minus_the_distance_to_the_target(reach):
+    obs = reach.reset()
+    target = obs["target"]
+    assert np.all(target >= reach.low - 1e-6) and np.all(target <= reach.high + 1e-6)
+    before = -float(obs["reward"])
+    direction = np.sign(target - obs["tcp_pose"][:3]).astype(np.float32)
+    obs = reach.step({"action": direction})
+    distance = np.linalg.norm(obs["tcp_pose"][:3] - target)
+    assert float(obs["reward"]) == pytest.approx(-distance, abs=1e-5)
+    assert distance < before
+
+
+# ---------------------------------------------------------------- limits
+def moves(robot) -> np.ndarray:
+    return np.array([c[1] for c in robot.cell.controller.commands if c[0] == "moveL"])
+
+
+def assert_inside(robot, poses: np.ndarray) -> None:
+    assert np.all(poses[:, :3] >= robot.low - 1e-9), poses[poses[:, :3].argmin(0)]
+    assert np.all(poses[:, :3] <= robot.high + 1e-9), poses[poses[:, :3].argmax(0)]
+    np.testing.assert_allclose(poses[:, 3:], np.broadcast_to(robot.rotation, poses[:, 3:].shape))
+
+
+@pytest.fixture(scope="module")
+def long_pick():
+    with make("ur5.task=pick_place", "ur5.episode_length=1000") as robot:
+        yield robot
+
+
+@pytest.fixture(scope="module")
+def long_reach():
+    with make("ur5.task=reach", "ur5.episode_length=1000") as robot:
+        yield robot
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, len(PICK_PLACE_ACTIONS) - 1), min_size=1, max_size=60))
+def test_pick_place_never_commands_a_pose_outside_the_workspace(long_pick, actions):
+    robot = long_pick
+    robot.reset()
+    robot.cell.controller.commands.clear()
+    for a in actions:
+        here = robot.cell.controller.tcp_pose[:3].copy()
+        before = len(moves(robot))
+        robot.step(one_hot(PICK_PLACE_ACTIONS[a]))
+        sent = moves(robot)
+        if len(sent) > before:
+            step = np.abs(sent[-1][:2] - here[:2])
+            assert np.all(step <= robot.grid + 1e-9)  # at most one grid cell in x and y
+            assert sent[-1][2] in robot.z_levels or abs(sent[-1][2] - here[2]) < 1e-9
+    poses = moves(robot)
+    if len(poses):
+        assert_inside(robot, poses)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.lists(st.floats(-10, 10, allow_nan=False), min_size=3, max_size=3),
+        min_size=1,
+        max_size=60,
+    )
+)
+@example([[10.0, 10.0, 10.0]] * 30)  # pushes against three faces of the box
+@example([[-1.0, -1.0, -1.0]] * 30)
+def test_reach_never_commands_a_pose_outside_the_workspace_or_beyond_the_step_limit(
+    long_reach, actions
+):
+    robot = long_reach
+    robot.reset()
+    robot.cell.controller.commands.clear()
+    for a in actions:
+        here = robot.cell.controller.tcp_pose[:3].copy()
+        robot.step({"action": np.asarray(a, np.float32)})
+        sent = moves(robot)[-1]
+        assert np.all(np.abs(sent[:3] - here) <= robot.max_step + 1e-9)
+    assert_inside(robot, moves(robot))
+
+
+def test_reset_from_outside_the_workspace_commands_only_poses_inside(pick):
+    # Someone jogged the arm far outside the box (above and beyond it) at the pendant.
+    sim = pick.cell.controller
+    outside = inverse_kinematics([0.66, 0.32, 0.36, np.pi, 0, 0], sim.q, sim.tcp_offset)
+    sim.move_joints(outside)
+    sim.commands.clear()
+    obs = pick.reset()
+    poses = moves(pick)
+    assert len(poses) == 2
+    assert_inside(pick, poses)
+    np.testing.assert_allclose(obs["tcp_pose"][:3], [0.46, 0.0, 0.15], atol=1e-4)
+
+
+# ---------------------------------------------------------------- faults, watchdog, stop
+def test_watchdog_is_armed_on_connect_and_kicked_every_step():
+    robot = make("ur5.watchdog_min_frequency=4.0")
+    with robot:
+        sim = robot.cell.controller
+        assert ("setWatchdog", (4.0,)) in sim.commands
+        robot.reset()
+        kicks = []
+        original = sim.kick
+        sim.kick = lambda: (kicks.append(1), original())
+        for _ in range(3):
+            robot.step(one_hot("+x"))
+        assert len(kicks) == 3
+
+
+def test_a_missed_watchdog_kick_stops_the_simulated_control_script():
+    robot = make("sim_ur5.enforce_watchdog=true", "ur5.watchdog_min_frequency=10.0")
+    with robot:
+        sim = robot.cell.controller
+        now = [0.0]
+
+        def clock() -> float:  # a controller clock that only moves forward, 1 ms per look
+            now[0] += 0.001
+            return now[0]
+
+        sim.clock = clock
+        robot.reset()
+        now[0] += 0.5  # five periods without a kick (the policy stalled)
+        assert sim.move_linear(np.array([0.46, 0.0, 0.15, np.pi, 0, 0])) is False
+        with pytest.raises(RobotFault, match="control script is not running"):
+            robot.step(one_hot("+x"))
+
+
+@pytest.mark.parametrize(
+    "inject, fault",
+    [
+        ("inject_protective_stop", ProtectiveStop),
+        ("inject_emergency_stop", ProtectiveStop),
+        ("inject_disconnect", ConnectionLost),
+    ],
+)
+def test_faults_raise_and_end_the_episode(pick, inject, fault):
+    pick.reset()
+    pick.step(one_hot("+x"))
+    getattr(pick.cell.controller, inject)()
+    with pytest.raises(fault):
+        pick.step(one_hot("+x"))
+    with pytest.raises(RuntimeError, match="reset"):
+        pick.step(one_hot("+x"))
+    with pytest.raises(fault):
+        pick.reset()
+
+
+def test_stop_halts_softly_or_triggers_a_protective_stop_and_is_idempotent(pick):
+    pick.reset()
+    sim = pick.cell.controller
+    threads = [threading.Thread(target=pick.stop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [c[0] for c in sim.commands].count("stopL") == 4
+    assert sim.safety_mode == 1  # a soft stop is not a protective stop
+    pick.stop(hard=True)
+    pick.stop(hard=True)
+    assert "triggerProtectiveStop" in [c[0] for c in sim.commands]
+    with pytest.raises(ProtectiveStop):
+        pick.reset()
+
+
+class _FrozenReceive:
+    """An RTDE receive interface whose link is up but whose state stopped updating."""
+
+    def __init__(self) -> None:
+        self.stamp = 1.0
+        self.connected = True
+
+    def isConnected(self) -> bool:  # noqa: N802
+        return self.connected
+
+    def getTimestamp(self) -> float:  # noqa: N802
+        return self.stamp
+
+
+def test_stale_state_is_detected_when_the_timestamp_stops_advancing():
+    receive = _FrozenReceive()
+    detector = StaleStateDetector(timeout=0.02)
+    assert detector.check(receive) == 1.0
+    receive.stamp = 1.008
+    assert detector.check(receive) == 1.008
+    with pytest.raises(ConnectionLost, match="stale"):
+        detector.check(receive)
+    receive.connected = False
+    with pytest.raises(ConnectionLost, match="link"):
+        detector.check(receive)
+
+
+def test_disconnect_closes_the_simulated_gripper_server():
+    robot = make()
+    robot.connect()
+    robot.reset()
+    robot.disconnect()
+    robot.disconnect()  # idempotent
+    assert robot.control is None
+    with pytest.raises(OSError):
+        import socket
+
+        socket.create_connection(
+            (robot.cell.gripper_server.host, robot.cell.gripper_server.port), 0.2
+        )
