@@ -12,6 +12,8 @@ import importlib
 import sys
 
 VERBS: dict[str, str] = {
+    "drive": "run a robot under the safety supervisor, no learner (bring-up, watch a checkpoint)",
+    "teleop": "remote safety console of a robot: stop, reset, override, drive (CURVE keys)",
     "train": "single-process training: collect, store, train, log (simulated or gym robots)",
     "keys": "create CURVE key pairs for the gateway and robots, and the gateway's allow-list",
 }

@@ -96,7 +96,10 @@ class ConsoleServer:
         _, self._secret = curve.load_keypair(server_secret_file)
         self.allowed_dir = Path(allowed_dir)
         self._names = self._allowed_names(self.allowed_dir)
-        self._ctx = context or zmq.Context.instance()
+        # Its own context by default: a context holds one ZAP authenticator, and the
+        # actor's transport may have its own.
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
         self._auth: Any = None
         self._sock: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
@@ -139,7 +142,7 @@ class ConsoleServer:
         return self
 
     def close(self) -> None:
-        """Stop serving, close the socket and the authenticator."""
+        """Stop serving, close the socket and the authenticator (the server cannot restart)."""
         self._closing.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
@@ -150,6 +153,8 @@ class ConsoleServer:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        if self._own_context:
+            self._ctx.term()
 
     def __enter__(self) -> ConsoleServer:
         return self.start()
