@@ -310,7 +310,7 @@ class FrameDecoder:
             start = buf.find(SYNC, pos)
             if start < 0:
                 # keep a trailing 0xA5: it may be the first half of a sync pair
-                keep = 1 if buf.endswith(SYNC[:1]) else 0
+                keep = 1 if len(buf) > pos and buf[-1] == SYNC[0] else 0
                 stats.garbage_bytes += len(buf) - pos - keep
                 pos = len(buf) - keep
                 break

@@ -72,6 +72,12 @@ def test_frame_layout_matches_the_readme():
     assert int.from_bytes(frame[-2:], "little") == P.crc16(frame[2:-2])
 
 
+def test_example_frames_in_the_readme():
+    assert P.encode(P.GetState(), 1) == bytes.fromhex("A55A00010008F832")
+    timeout = P.SetTimeout(0.25, P.TimeoutAction.RELAX)
+    assert P.encode(timeout, 2) == bytes.fromhex("A55A05020006 0000803E00 3970".replace(" ", ""))
+
+
 @given(messages(), seqs)
 def test_every_message_round_trips(msg, seq):
     decoder = P.FrameDecoder()
@@ -140,6 +146,16 @@ def test_a_truncated_frame_is_dropped_and_the_following_frame_is_decoded(msg, se
     assert np.array_equal(out[0][1].positions, np.ones(12, np.float32))
     # the truncated frame never came out, whatever its type
     assert decoder.stats.frames == 1
+
+
+def test_a_frame_ending_in_a_sync_byte_is_consumed_whole():
+    frame = next(
+        f for f in (P.encode(P.Enable(), s) for s in range(1 << 16)) if f[-1] == 0xA5
+    )
+    decoder = P.FrameDecoder()
+    assert len(decoder.feed(frame)) == 1
+    assert decoder.pending == 0
+    assert len(decoder.feed(frame)) == 1  # and the next frame is not misparsed
 
 
 def test_a_truncated_frame_at_the_end_is_held_back_not_decoded():
