@@ -226,7 +226,7 @@ class UR5(Robot):
             self._episode_over = True
 
     # ------------------------------------------------------------ safety and state
-    def _check_health(self) -> None:
+    def check_health(self) -> None:
         """Raise the fault that keeps the arm from moving, if any."""
         if not self.control.isConnected():
             raise ConnectionLost(
@@ -260,7 +260,7 @@ class UR5(Robot):
         pose = [*map(float, position), *map(float, self.rotation)]
         if not self.control.moveL(pose, float(self.cfg["speed"]), float(self.cfg["acceleration"])):
             self._episode_over = True
-            self._check_health()
+            self.check_health()
             raise RobotFault(
                 f"the UR controller refused moveL to {np.round(pose, 4).tolist()} "
                 "(unreachable pose?); check ur5.workspace and ur5.home"
@@ -273,7 +273,7 @@ class UR5(Robot):
         return None
 
     def _observe(self, reward: float, first: bool) -> dict[str, np.ndarray]:
-        self._check_health()
+        self.check_health()
         tcp = np.asarray(self.receive.getActualTCPPose(), np.float32)
         obs = {
             "image": self.camera.read(),
@@ -299,7 +299,7 @@ class UR5(Robot):
             raise RuntimeError("UR5 not connected; call connect() (or use it as a context manager)")
         with self._step_lock:
             self._episode_over = True
-            self._check_health()
+            self.check_health()
             self.control.kickWatchdog()
             self.gripper.open()
             self._closed = self._holding = False
@@ -327,7 +327,7 @@ class UR5(Robot):
                 )
             try:
                 self.control.kickWatchdog()
-                self._check_health()
+                self.check_health()
                 if self.task == "pick_place":
                     reward = self._step_pick_place(int(np.argmax(act)))
                 else:
