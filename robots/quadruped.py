@@ -159,6 +159,8 @@ class Quadruped(Robot):
                 f"serial port {self.port} cannot be opened: {e} (is the board plugged in and "
                 f"powered? is your user in group dialout? try --set quadruped.port=/dev/ttyACM0)"
             ) from e
+        if self.camera is not None:
+            self.camera()  # first frame now: opening a camera is slow, the board timeout is not
         self._serial.reset_input_buffer()
         self._decoder.reset()
         self._transact(P.SetTimeout(self.board_timeout, self.timeout_action))

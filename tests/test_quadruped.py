@@ -24,7 +24,7 @@ def make(*overrides: str) -> Quadruped:
 
 @pytest.fixture
 def robot():
-    r = make("quadruped.board_timeout=0.3")
+    r = make("sim_quadruped.board_timeout=0.3")
     r.connect()
     yield r
     r.disconnect()
@@ -122,7 +122,7 @@ def test_board_times_out_into_relax_when_commands_stop_and_reset_recovers(robot)
 
 
 def test_board_times_out_into_hold_when_so_configured():
-    r = make("quadruped.board_timeout=0.2", "quadruped.timeout_action=hold")
+    r = make("sim_quadruped.board_timeout=0.2", "quadruped.timeout_action=hold")
     with r:
         r.reset()
         r.step(zero())

@@ -166,6 +166,12 @@ class SimQuadruped:
             )
         with self.lock:
             self._renderer.update_scene(self.data, camera=self.camera)
+        # shadows, reflections and the skybox cost ~9x the render time with a software
+        # OpenGL (llvmpipe) and add nothing a 64x64 policy needs
+        flags = self._renderer.scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
         return self._renderer.render().copy()
 
     def close(self) -> None:
@@ -179,7 +185,7 @@ def make_sim_quadruped(config: Any) -> Any:
 
     Reads ``config.sim_quadruped``; takes the driver's settings from ``config.quadruped``
     except what the simulated robot dictates (port, joint limits, standing pose, gains,
-    reply timeout, and no pacing: the board runs lock-step with the commands).
+    reply and board timeouts, and no pacing: the board runs lock-step with the commands).
     """
     from robots.quadruped import Quadruped
 
@@ -213,6 +219,7 @@ def make_sim_quadruped(config: Any) -> Any:
             "kp": float(sim.kp),
             "kd": float(sim.kd),
             "reply_timeout": float(sim.reply_timeout),
+            "board_timeout": float(sim.board_timeout),
             "pace": False,
         },
     )
