@@ -18,7 +18,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-CONFIG_DIR = Path(os.environ.get("DAYDREAM_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+CONFIG_DIR = Path(
+    os.environ.get("DAYDREAM_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
+)
 
 
 class ConfigError(ValueError):
@@ -51,7 +53,9 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     nested: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value, e.g. model.rssm.deter=256")
+            raise ConfigError(
+                f"override '{item}' must look like key=value, e.g. model.rssm.deter=256"
+            )
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):

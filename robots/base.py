@@ -67,7 +67,9 @@ class ObservationError(ValueError):
     """An observation that does not match the robot's declared space."""
 
 
-def validate(values: dict[str, np.ndarray], spaces: dict[str, Space], what: str = "observation") -> None:
+def validate(
+    values: dict[str, np.ndarray], spaces: dict[str, Space], what: str = "observation"
+) -> None:
     """Raise ObservationError naming the key, expected and actual shape/dtype on a mismatch."""
     missing = set(spaces) - set(values)
     if missing:

@@ -1,0 +1,230 @@
+"""The Agent: world model + behaviour + optimisers, behind the API the processes use.
+
+    agent = Agent(obs_space, act_space, config)
+    action, state = agent.policy(obs, state, mode="explore")   # robot side, every tick
+    metrics = agent.train(batch)                                 # learner side, (B, T, ...) arrays
+    weights = agent.policy_weights()                             # encoder + RSSM + actor, numpy
+    agent.load_policy_weights(weights)                           # robot side, between two ticks
+    agent.state_dict() / agent.load_state_dict(...)              # checkpoints, optimisers included
+
+Continuous actions are in [-1, 1] (robots normalise their own action ranges);
+discrete actions are one-hot vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from daydream.behavior import Behavior
+from daydream.rssm import State
+from daydream.world_model import WorldModel, preprocess, to_torch
+from robots.base import Space
+
+POLICY_MODULES = ("encoder", "rssm", "actor")
+
+
+@dataclass
+class PolicyWeights:
+    """The parameters the policy needs, as flat numpy arrays, with the learner's update count."""
+
+    version: int
+    arrays: dict[str, np.ndarray]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Optimizer:
+    """AdamW with gradient-norm clipping over one group of modules."""
+
+    def __init__(self, params, cfg) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.wd)
+        self.clip = cfg.clip
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
+        return float(norm)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Gradients still flow through ``module``'s computations, but not into its parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+class Agent:
+    """Owns the world model, the behaviour (actor, critics) and their optimisers."""
+
+    def __init__(
+        self,
+        obs_space: dict[str, Space],
+        act_space: dict[str, Space],
+        config,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.config = config
+        self.obs_space, self.act_space = obs_space, act_space
+        self.device = resolve_device(str(device or config.device))
+        space = act_space["action"]
+        self.discrete = space.discrete
+        if not self.discrete and (
+            np.any(np.asarray(space.low) != -1) or np.any(np.asarray(space.high) != 1)
+        ):
+            raise ValueError(
+                f"continuous action spaces must be normalised to [-1, 1], got low={space.low} "
+                f"high={space.high}; rescale inside the robot driver"
+            )
+        self.wm = WorldModel(obs_space, act_space, config.model).to(self.device)
+        self.behavior = Behavior(
+            self.wm.rssm.feat_size,
+            space.shape[0],
+            self.discrete,
+            config.behavior,
+            config.model.act,
+            config.model.norm,
+        ).to(self.device)
+        self.model_opt = Optimizer(self.wm.parameters(), config.model.opt)
+        self.actor_opt = Optimizer(self.behavior.actor.parameters(), config.behavior.actor_opt)
+        self.critic_opt = Optimizer(self.behavior.critic.parameters(), config.behavior.critic_opt)
+        self.updates = 0
+        self._sensor_keys = self.wm.images + self.wm.vectors
+
+    # ------------------------------------------------------------------ acting
+    def initial_state(self, batch: int) -> tuple[State, torch.Tensor]:
+        latent = self.wm.rssm.initial(batch, self.device)
+        return latent, torch.zeros(batch, self.act_space["action"].shape[0], device=self.device)
+
+    @torch.no_grad()
+    def policy(self, obs: dict[str, np.ndarray], state=None, mode: str = "explore"):
+        """One step of the policy on a single observation or a batch of them.
+
+        mode: ``explore`` samples, ``eval`` takes the mode, ``random`` acts uniformly at random
+        (the latent state is still tracked). Returns ({"action": array}, state).
+        """
+        single = np.ndim(obs["is_first"]) == 0
+        data = {
+            k: np.asarray(obs[k])[None] if single else np.asarray(obs[k])
+            for k in [*self._sensor_keys, "is_first"]
+        }
+        data = preprocess(to_torch(data, self.device), self.wm.images)
+        batch = data["is_first"].shape[0]
+        latent, prev_action = state if state is not None else self.initial_state(batch)
+        embed = self.wm.encoder(data)
+        latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, data["is_first"])
+        dist = self.behavior.actor(self.wm.rssm.feat(latent))
+        if mode == "eval":
+            action = dist.mode()
+        elif mode == "explore":
+            action = dist.sample()
+            noise = self.config.behavior.expl_noise
+            if noise and not self.discrete:
+                action = (action + noise * torch.randn_like(action)).clamp(-1, 1)
+        elif mode == "random":
+            action = self._random_action(batch)
+        else:
+            raise ValueError(f"policy mode must be explore, eval or random, got {mode!r}")
+        action = action.detach()
+        out = action.cpu().numpy().astype(np.float32)
+        return {"action": out[0] if single else out}, (latent, action)
+
+    def _random_action(self, batch: int) -> torch.Tensor:
+        size = self.act_space["action"].shape[0]
+        if self.discrete:
+            index = torch.randint(size, (batch,), device=self.device)
+            return nn.functional.one_hot(index, size).float()
+        return torch.rand(batch, size, device=self.device) * 2 - 1
+
+    # ------------------------------------------------------------------ learning
+    def train(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """One world-model update and one behaviour update on a (B, T, ...) batch."""
+        data = preprocess(to_torch(batch, self.device), self.wm.images)
+        wm_loss, post, metrics = self.wm.loss(data)
+        metrics["wm/grad_norm"] = self.model_opt.step(wm_loss)
+
+        start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}  # (B*T, ...)
+        start_cont = 1.0 - data["is_terminal"].float().reshape(-1)
+        with frozen(self.wm):
+            _, feat, actions = self.behavior.imagine(self.wm, start)
+            ret, weight, value = self.behavior.targets(self.wm, feat, start_cont)
+            actor_loss, m = self.behavior.actor_loss(feat, actions, ret, value, weight)
+            metrics.update(m)
+            metrics["actor/loss"] = float(actor_loss.detach())
+            metrics["actor/grad_norm"] = self.actor_opt.step(actor_loss)
+        critic_loss, m = self.behavior.critic_loss(feat, ret, weight)
+        metrics.update(m)
+        metrics["critic/loss"] = float(critic_loss.detach())
+        metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)
+        self.behavior.update_slow_critic()
+        self.updates += 1
+        return metrics
+
+    # ------------------------------------------------------------------ weights and checkpoints
+    def _policy_modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.wm.encoder, "rssm": self.wm.rssm, "actor": self.behavior.actor}
+
+    def policy_weights(self) -> PolicyWeights:
+        arrays = {
+            f"{name}.{key}": value.detach().cpu().numpy()
+            for name, module in self._policy_modules().items()
+            for key, value in module.state_dict().items()
+        }
+        return PolicyWeights(self.updates, arrays)
+
+    def load_policy_weights(self, weights: PolicyWeights) -> None:
+        """Replace the policy's parameters; raises ValueError naming any key or shape mismatch."""
+        for name, module in self._policy_modules().items():
+            own = module.state_dict()
+            new = {}
+            for key, value in own.items():
+                full = f"{name}.{key}"
+                if full not in weights.arrays:
+                    raise ValueError(
+                        f"policy weights lack '{full}' (built from a different config?)"
+                    )
+                array = weights.arrays[full]
+                if tuple(array.shape) != tuple(value.shape):
+                    raise ValueError(
+                        f"policy weight '{full}' has shape {tuple(array.shape)}, "
+                        f"expected {tuple(value.shape)} (built from a different config?)"
+                    )
+                new[key] = torch.as_tensor(array, dtype=value.dtype)
+            module.load_state_dict(new)
+        self.updates = max(self.updates, int(weights.version))
+
+    def state_dict(self) -> dict:
+        return {
+            "world_model": self.wm.state_dict(),
+            "behavior": self.behavior.state_dict(),
+            "behavior_updates": self.behavior.updates,
+            "model_opt": self.model_opt.opt.state_dict(),
+            "actor_opt": self.actor_opt.opt.state_dict(),
+            "critic_opt": self.critic_opt.opt.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.wm.load_state_dict(state["world_model"])
+        self.behavior.load_state_dict(state["behavior"])
+        self.behavior.updates = int(state["behavior_updates"])
+        self.model_opt.opt.load_state_dict(state["model_opt"])
+        self.actor_opt.opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.opt.load_state_dict(state["critic_opt"])
+        self.updates = int(state["updates"])

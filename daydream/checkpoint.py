@@ -1,0 +1,107 @@
+"""Atomic checkpoints: agent, optimisers, counters, config and spaces in one file.
+
+Written to a temporary file in the same directory, flushed to disk, then renamed
+over the old one, so a crash leaves either the previous or the new checkpoint,
+never a torn one. Loaded with ``weights_only=True``: a checkpoint holds tensors,
+numbers and strings only, and loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from daydream.config import from_dict, to_dict
+from robots.base import Space
+
+FILENAME = "checkpoint.pt"
+
+
+def space_to_dict(space: Space) -> dict:
+    bound = lambda b: None if b is None else np.asarray(b, np.float64).tolist()  # noqa: E731
+    return {
+        "shape": list(space.shape),
+        "dtype": space.dtype.str,
+        "low": bound(space.low),
+        "high": bound(space.high),
+        "discrete": space.discrete,
+    }
+
+
+def space_from_dict(d: dict) -> Space:
+    return Space(tuple(d["shape"]), np.dtype(d["dtype"]), d["low"], d["high"], d["discrete"])
+
+
+def spaces_to_dict(spaces: dict[str, Space]) -> dict:
+    return {k: space_to_dict(v) for k, v in spaces.items()}
+
+
+def spaces_from_dict(d: dict) -> dict[str, Space]:
+    return {k: space_from_dict(v) for k, v in d.items()}
+
+
+def save(path: str | Path, payload: dict) -> Path:
+    """Write ``payload`` atomically to ``path`` (a file, or a directory holding checkpoint.pt)."""
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def find(path: str | Path) -> Path | None:
+    """The checkpoint file at ``path`` (a file or a logdir), or None when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    return path if path.is_file() else None
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    found = find(path)
+    if found is None:
+        raise FileNotFoundError(
+            f"no checkpoint at {path} (expected a file or a logdir with {FILENAME})"
+        )
+    return torch.load(found, map_location=map_location, weights_only=True)
+
+
+def agent_payload(agent, **extra) -> dict:
+    """Everything needed to rebuild and resume ``agent``."""
+    return {
+        "agent": agent.state_dict(),
+        "config": to_dict(agent.config),
+        "obs_space": spaces_to_dict(agent.obs_space),
+        "act_space": spaces_to_dict(agent.act_space),
+        **extra,
+    }
+
+
+def load_agent(path: str | Path, device: str | None = None):
+    """Rebuild the Agent stored at ``path`` (file or logdir). Returns (agent, config)."""
+    from daydream.agent import Agent
+
+    payload = load(path)
+    config = from_dict(payload["config"])
+    agent = Agent(
+        spaces_from_dict(payload["obs_space"]),
+        spaces_from_dict(payload["act_space"]),
+        config,
+        device=device,
+    )
+    agent.load_state_dict(payload["agent"])
+    return agent, config

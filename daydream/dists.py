@@ -1,0 +1,134 @@
+"""Distributions used by the world model and the actor, as small plain classes.
+
+Shape glossary used across daydream:
+    B batch, T time, H imagination horizon, S stochastic variables,
+    K classes per variable, D deterministic (GRU) size, E embedding, A action size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class OneHotST:
+    """Categorical over the last axis, sampled as one-hot with straight-through gradients.
+
+    ``unimix`` mixes that fraction of a uniform distribution into the probabilities
+    (DreamerV3), so no class ever has probability below ``unimix / K``.
+    Straight-through estimator (Bengio et al. 2013, used by DreamerV2):
+        sample = onehot + probs - sg(probs)
+    so the forward value is one-hot and the gradient is that of ``probs``.
+    """
+
+    def __init__(self, logits: torch.Tensor, unimix: float = 0.0):
+        probs = F.softmax(logits.float(), -1)
+        if unimix > 0:
+            probs = (1 - unimix) * probs + unimix / probs.shape[-1]
+        self.probs = probs  # (..., K)
+        self.logits = torch.log(probs.clamp_min(1e-12))
+
+    def sample(self) -> torch.Tensor:
+        index = torch.multinomial(self.probs.reshape(-1, self.probs.shape[-1]).detach(), 1)
+        onehot = F.one_hot(index.squeeze(-1), self.probs.shape[-1]).reshape(self.probs.shape)
+        return onehot.to(self.probs.dtype) + self.probs - self.probs.detach()
+
+    rsample = sample
+
+    def mode(self) -> torch.Tensor:
+        onehot = F.one_hot(self.probs.argmax(-1), self.probs.shape[-1]).to(self.probs.dtype)
+        return onehot + self.probs - self.probs.detach()
+
+    def log_prob(self, onehot: torch.Tensor) -> torch.Tensor:
+        return (onehot * self.logits).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.probs * self.logits).sum(-1)
+
+
+def categorical_kl(lhs_logits: torch.Tensor, rhs_logits: torch.Tensor) -> torch.Tensor:
+    """KL(lhs || rhs) between categoricals given log-probabilities (..., S, K); sums S and K."""
+    lhs_probs = lhs_logits.exp()
+    return (lhs_probs * (lhs_logits - rhs_logits)).sum((-2, -1))
+
+
+def gaussian_kl(
+    lhs_mean: torch.Tensor, lhs_std: torch.Tensor, rhs_mean: torch.Tensor, rhs_std: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(lhs) || N(rhs)) for diagonal Gaussians (..., S); sums S."""
+    var_ratio = (lhs_std / rhs_std) ** 2
+    t1 = ((lhs_mean - rhs_mean) / rhs_std) ** 2
+    return 0.5 * (var_ratio + t1 - 1 - torch.log(var_ratio)).sum(-1)
+
+
+class TanhNormal:
+    """Diagonal Gaussian squashed by tanh into (-1, 1): Dreamer's continuous actor.
+
+    Samples are reparameterised (gradients flow into mean and std), which the
+    ``dynamics`` actor gradient needs. The entropy has no closed form; it is
+    estimated by -log pi(a) of a reparameterised sample.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        self.mean, self.std = mean, std
+        self.base = torch.distributions.Normal(mean, std)
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @staticmethod
+    def _log_det(u: torch.Tensor) -> torch.Tensor:
+        # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), stable for large |u|
+        return 2 * (math.log(2) - u - F.softplus(-2 * u))
+
+    def rsample(self) -> torch.Tensor:
+        u = self.base.rsample()
+        a = torch.tanh(u)
+        self._last = (a, u)
+        return a
+
+    def sample(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample()
+
+    def mode(self) -> torch.Tensor:
+        return torch.tanh(self.mean)
+
+    def log_prob(self, a: torch.Tensor) -> torch.Tensor:
+        if self._last is not None and self._last[0] is a:
+            u = self._last[1]
+        else:
+            u = torch.atanh(a.clamp(-0.999999, 0.999999))
+        return (self.base.log_prob(u) - self._log_det(u)).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        u = self.base.rsample()
+        return -(self.base.log_prob(u) - self._log_det(u)).sum(-1)
+
+
+class MSEDist:
+    """Unit-variance Gaussian with the constant dropped: -log_prob = 0.5 * squared error."""
+
+    def __init__(self, mean: torch.Tensor, dims: int):
+        self.mean, self.dims = mean, dims  # dims: trailing event dimensions summed over
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        err = -0.5 * (self.mean - value) ** 2
+        return err.sum(tuple(range(-self.dims, 0))) if self.dims else err
+
+
+class Bernoulli:
+    """Bernoulli from logits; ``mean`` is the probability of 1."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+        self.mean = torch.sigmoid(logits)
+
+    def mode(self) -> torch.Tensor:
+        return (self.mean > 0.5).float()
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return -F.binary_cross_entropy_with_logits(self.logits, value, reduction="none")

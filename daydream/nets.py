@@ -1,0 +1,115 @@
+"""Network building blocks: MLPs, the image CNN encoder/decoder, a layer-normed GRU cell.
+
+All modules take and return plain tensors; leading dimensions (B, T, ...) are
+flattened inside and restored on the way out.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def activation(name: str) -> type[nn.Module]:
+    return {"elu": nn.ELU, "silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh}[name]
+
+
+class MLP(nn.Module):
+    """Linear -> norm -> activation, ``layers`` times, then an optional output layer."""
+
+    def __init__(
+        self,
+        inp: int,
+        out: int | None,
+        layers: int,
+        units: int,
+        act: str = "elu",
+        norm: str = "layer",
+    ):
+        super().__init__()
+        mods: list[nn.Module] = []
+        for _ in range(layers):
+            mods.append(nn.Linear(inp, units, bias=norm != "layer"))
+            if norm == "layer":
+                mods.append(nn.LayerNorm(units))
+            mods.append(activation(act)())
+            inp = units
+        if out is not None:
+            mods.append(nn.Linear(inp, out))
+        self.net = nn.Sequential(*mods)
+        self.out_dim = out if out is not None else inp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvEncoder(nn.Module):
+    """Images (..., H, W, C) uint8-range floats in [-0.5, 0.5] -> flat embedding.
+
+    DreamerV2's encoder: four 4x4 stride-2 convolutions, depth doubling each layer.
+    64x64 input -> 31 -> 14 -> 6 -> 2 spatial; embedding size 8 * depth * 2 * 2.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], depth: int, act: str = "elu"):
+        super().__init__()
+        h, w, c = shape
+        mods: list[nn.Module] = []
+        for i in range(4):
+            mods += [nn.Conv2d(c, depth * 2**i, 4, 2), activation(act)()]
+            c = depth * 2**i
+        self.net = nn.Sequential(*mods)
+        with torch.no_grad():
+            self.out_dim = int(self.net(torch.zeros(1, shape[2], h, w)).numel())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-3]
+        x = x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)  # (N, C, H, W)
+        return self.net(x).reshape(*lead, -1)
+
+
+class ConvDecoder(nn.Module):
+    """Features -> images (..., H, W, C): DreamerV2's transposed-conv decoder (5, 5, 6, 6)."""
+
+    def __init__(self, inp: int, shape: tuple[int, int, int], depth: int, act: str = "elu"):
+        super().__init__()
+        self.shape = shape
+        self.linear = nn.Linear(inp, 32 * depth)
+        kernels = (5, 5, 6, 6)
+        chans = [32 * depth, 4 * depth, 2 * depth, depth, shape[2]]
+        mods: list[nn.Module] = []
+        for i, k in enumerate(kernels):
+            mods.append(nn.ConvTranspose2d(chans[i], chans[i + 1], k, 2))
+            if i < len(kernels) - 1:
+                mods.append(activation(act)())
+        self.net = nn.Sequential(*mods)
+        with torch.no_grad():
+            natural = self.net(torch.zeros(1, 32 * depth, 1, 1)).shape[-2:]
+        self.resize = tuple(natural) != tuple(shape[:2])
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        lead = feat.shape[:-1]
+        x = self.linear(feat.reshape(-1, feat.shape[-1]))[:, :, None, None]
+        x = self.net(x)  # (N, C, 64, 64)
+        if self.resize:
+            x = nn.functional.interpolate(
+                x, size=self.shape[:2], mode="bilinear", align_corners=False
+            )
+        return x.permute(0, 2, 3, 1).reshape(*lead, *self.shape)
+
+
+class NormGRUCell(nn.Module):
+    """GRU cell with layer norm over the gates and update bias -1 (DreamerV2's RSSM cell)."""
+
+    def __init__(self, inp: int, size: int, norm: bool = True):
+        super().__init__()
+        self.size = size
+        self.linear = nn.Linear(inp + size, 3 * size, bias=not norm)
+        self.norm = nn.LayerNorm(3 * size) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        parts = self.norm(self.linear(torch.cat([x, h], -1)))
+        reset, cand, update = parts.split(self.size, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update - 1)
+        return update * cand + (1 - update) * h

@@ -1,0 +1,185 @@
+"""The world model: multimodal encoder, RSSM, decoders and heads, and its loss.
+
+Reconstruction objective (Dreamer eq. 10; DreamerV2 eq. 2), per time step:
+
+    J = ln q(o_t | s_t)  +  ln q(r_t | s_t)  +  ln q(c_t | s_t)  -  KL-balanced(post || prior)
+
+where o_t is every decoded sensor (images and vectors), r_t the reward and
+c_t = 1 - is_terminal the continuation flag (DreamerV2's discount head). The loss
+minimised is -J, averaged over batch and time.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from torch import nn
+
+from daydream.dists import Bernoulli, MSEDist
+from daydream.nets import MLP, ConvDecoder, ConvEncoder
+from daydream.rssm import RSSM, State
+from robots.base import STEP_KEYS, Space
+
+# Keys in a step record that are not sensors.
+NON_SENSOR_KEYS = set(STEP_KEYS) | {"action", "intervention"}
+
+
+def sensor_keys(obs_space: dict[str, Space], cfg) -> tuple[list[str], list[str]]:
+    """Split observation keys into image keys (CNN) and vector keys (MLP) by config regexes."""
+    images, vectors = [], []
+    for key, space in obs_space.items():
+        if key in NON_SENSOR_KEYS:
+            continue
+        if space.is_image and re.fullmatch(cfg.cnn_keys, key):
+            images.append(key)
+        elif len(space.shape) == 1 and not space.is_image and re.fullmatch(cfg.mlp_keys, key):
+            vectors.append(key)
+    if not images and not vectors:
+        raise ValueError(
+            f"no observation key matches model.cnn_keys={cfg.cnn_keys!r} (images HxWxC uint8) "
+            f"or model.mlp_keys={cfg.mlp_keys!r} (vectors); observation keys: {sorted(obs_space)}"
+        )
+    return sorted(images), sorted(vectors)
+
+
+def preprocess(obs: dict[str, torch.Tensor], images: list[str]) -> dict[str, torch.Tensor]:
+    """uint8 images -> float in [-0.5, 0.5]; everything else -> float32."""
+    out = {}
+    for key, value in obs.items():
+        if key in images:
+            out[key] = value.float() / 255.0 - 0.5
+        else:
+            out[key] = value.float()
+    return out
+
+
+class MultiEncoder(nn.Module):
+    """Sensor fusion: a CNN per image key, one MLP over all vector keys, embeddings concatenated."""
+
+    def __init__(self, obs_space: dict[str, Space], images: list[str], vectors: list[str], cfg):
+        super().__init__()
+        self.images, self.vectors = images, vectors
+        self.cnns = nn.ModuleDict(
+            {k: ConvEncoder(obs_space[k].shape, cfg.encoder.cnn_depth, cfg.act) for k in images}
+        )
+        vec_size = sum(obs_space[k].shape[0] for k in vectors)
+        self.mlp = (
+            MLP(vec_size, None, cfg.encoder.mlp_layers, cfg.encoder.mlp_units, cfg.act, cfg.norm)
+            if vectors
+            else None
+        )
+        self.out_dim = sum(c.out_dim for c in self.cnns.values()) + (
+            self.mlp.out_dim if self.mlp else 0
+        )
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [self.cnns[k](obs[k]) for k in self.images]
+        if self.mlp is not None:
+            parts.append(self.mlp(torch.cat([obs[k] for k in self.vectors], -1)))
+        return torch.cat(parts, -1)  # (..., E)
+
+
+class MultiDecoder(nn.Module):
+    """One transposed CNN per image key, one MLP predicting all vector keys."""
+
+    def __init__(
+        self, feat: int, obs_space: dict[str, Space], images: list[str], vectors: list[str], cfg
+    ):
+        super().__init__()
+        self.images, self.vectors = images, vectors
+        self.sizes = [obs_space[k].shape[0] for k in vectors]
+        self.cnns = nn.ModuleDict(
+            {
+                k: ConvDecoder(feat, obs_space[k].shape, cfg.decoder.cnn_depth, cfg.act)
+                for k in images
+            }
+        )
+        self.mlp = (
+            MLP(
+                feat,
+                sum(self.sizes),
+                cfg.decoder.mlp_layers,
+                cfg.decoder.mlp_units,
+                cfg.act,
+                cfg.norm,
+            )
+            if vectors
+            else None
+        )
+
+    def forward(self, feat: torch.Tensor) -> dict[str, MSEDist]:
+        dists = {k: MSEDist(self.cnns[k](feat), 3) for k in self.images}
+        if self.mlp is not None:
+            for key, mean in zip(self.vectors, self.mlp(feat).split(self.sizes, -1), strict=True):
+                dists[key] = MSEDist(mean, 1)
+        return dists
+
+
+class WorldModel(nn.Module):
+    """Owns the encoder, RSSM, decoder (reconstruction objective), reward and continuation heads."""
+
+    def __init__(self, obs_space: dict[str, Space], act_space: dict[str, Space], cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.images, self.vectors = sensor_keys(obs_space, cfg)
+        self.action_size = act_space["action"].shape[0]
+        self.encoder = MultiEncoder(obs_space, self.images, self.vectors, cfg)
+        self.rssm = RSSM(self.encoder.out_dim, self.action_size, cfg.rssm, cfg.act)
+        feat = self.rssm.feat_size
+        self.heads = nn.ModuleDict()
+        if cfg.repr == "reconstruction":
+            self.heads["decoder"] = MultiDecoder(feat, obs_space, self.images, self.vectors, cfg)
+        else:
+            raise ValueError(f"model.repr={cfg.repr!r} is not available; use reconstruction")
+        self.heads["reward"] = MLP(
+            feat, 1, cfg.reward_head.layers, cfg.reward_head.units, cfg.act, cfg.norm
+        )
+        if cfg.pred_cont:
+            self.heads["cont"] = MLP(
+                feat, 1, cfg.cont_head.layers, cfg.cont_head.units, cfg.act, cfg.norm
+            )
+
+    def reward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.heads["reward"](feat).squeeze(-1)
+
+    def cont(self, feat: torch.Tensor) -> Bernoulli | None:
+        return Bernoulli(self.heads["cont"](feat).squeeze(-1)) if "cont" in self.heads else None
+
+    def loss(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, State, dict[str, float]]:
+        """data: preprocessed batch (B, T, ...). Returns loss, posterior states, metrics."""
+        cfg = self.cfg
+        embed = self.encoder(data)  # (B, T, E)
+        prev_action = torch.cat(
+            [torch.zeros_like(data["action"][:, :1]), data["action"][:, :-1]], 1
+        )
+        post, prior = self.rssm.observe(embed, prev_action, data["is_first"])
+        feat = self.rssm.feat(post)  # (B, T, F)
+        prior_part, post_part, kl = self.rssm.kl_loss(post, prior, cfg.kl.balance, cfg.kl.free)
+        losses = {"kl": cfg.kl.scale * (prior_part + post_part)}
+        if "decoder" in self.heads:
+            for key, dist in self.heads["decoder"](feat).items():
+                scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
+                losses[key] = -scale * dist.log_prob(data[key]).mean()
+        reward = MSEDist(self.reward(feat), 0)
+        losses["reward"] = -cfg.loss_scales.reward * reward.log_prob(data["reward"]).mean()
+        cont = self.cont(feat)
+        if cont is not None:
+            target = 1.0 - data["is_terminal"].float()
+            losses["cont"] = -cfg.loss_scales.cont * cont.log_prob(target).mean()
+        total = sum(losses.values())
+        metrics = {f"wm/{k}_loss": float(v.detach()) for k, v in losses.items()}
+        metrics["wm/loss"] = float(total.detach())
+        metrics["wm/kl"] = float(kl.mean())
+        metrics["wm/prior_entropy"] = float(self._entropy(prior))
+        metrics["wm/post_entropy"] = float(self._entropy(post))
+        return total, post, metrics
+
+    def _entropy(self, state: State) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rssm.dist(state).entropy().mean()
+
+
+def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.asarray(v), device=device) for k, v in batch.items()}
