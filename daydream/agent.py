@@ -128,7 +128,9 @@ class Agent:
         batch = data["is_first"].shape[0]
         latent, prev_action = state if state is not None else self.initial_state(batch)
         embed = self.wm.encoder(data)
-        latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, data["is_first"])
+        latent, _ = self.wm.rssm.obs_step(
+            latent, prev_action, embed, data["is_first"], sample=mode != "eval"
+        )
         dist = self.behavior.actor(self.wm.rssm.feat(latent))
         if mode == "eval":
             action = dist.mode()

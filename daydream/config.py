@@ -65,8 +65,21 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}' conflicts with another override")
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        node[parts[-1]] = _parse_value(value)
     return nested
+
+
+def _parse_value(text: str):
+    """YAML scalars and lists, plus forms YAML 1.1 reads as strings such as ``3e-4``."""
+    if text == "":
+        return ""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_config(

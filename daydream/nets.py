@@ -46,7 +46,8 @@ class MLP(nn.Module):
 class ConvEncoder(nn.Module):
     """Images (..., H, W, C) uint8-range floats in [-0.5, 0.5] -> flat embedding.
 
-    DreamerV2's encoder: four 4x4 stride-2 convolutions, depth doubling each layer.
+    DreamerV2's encoder: four 4x4 stride-2 convolutions, depth doubling each layer
+    (fewer for small images).
     64x64 input -> 31 -> 14 -> 6 -> 2 spatial; embedding size 8 * depth * 2 * 2.
     """
 
@@ -54,9 +55,14 @@ class ConvEncoder(nn.Module):
         super().__init__()
         h, w, c = shape
         mods: list[nn.Module] = []
-        for i in range(4):
+        size = min(h, w)
+        for i in range(4):  # fewer layers for images smaller than 64 x 64 (down to 4 x 4)
+            if size < 4:
+                break
             mods += [nn.Conv2d(c, depth * 2**i, 4, 2), activation(act)()]
-            c = depth * 2**i
+            c, size = depth * 2**i, (size - 4) // 2 + 1
+        if not mods:
+            raise ValueError(f"images must be at least 4 x 4 pixels, got {shape}")
         self.net = nn.Sequential(*mods)
         with torch.no_grad():
             self.out_dim = int(self.net(torch.zeros(1, shape[2], h, w)).numel())
