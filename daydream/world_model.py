@@ -7,6 +7,14 @@ Reconstruction objective (Dreamer eq. 10; DreamerV2 eq. 2), per time step:
 where o_t is every decoded sensor (images and vectors), r_t the reward and
 c_t = 1 - is_terminal the continuation flag (DreamerV2's discount head). The loss
 minimised is -J, averaged over batch and time.
+
+``model.repr`` switches the representation term (daydream/contrastive.py has the equations):
+    reconstruction  ln q(o_t | s_t)                          (above)
+    nce             Dreamer's contrastive estimation, J_S = ln q(s_t|o_t) - ln sum_o' q(s_t|o')
+    dreaming        Dreaming's NCE between z_t and an augmented view of o_t, with the KL term,
+                    both overshot k = 0..K steps: sum_k (J_k^NCE + J_k^KL)
+Reconstruction-free models may also train a visualisation decoder on detached features
+(``model.vis_decoder``); its gradient never reaches the world model.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from daydream import contrastive
 from daydream.dists import Bernoulli, MSEDist
 from daydream.nets import MLP, ConvDecoder, ConvEncoder
 from daydream.rssm import RSSM, State
@@ -129,10 +138,27 @@ class WorldModel(nn.Module):
         self.rssm = RSSM(self.encoder.out_dim, self.action_size, cfg.rssm, cfg.act)
         feat = self.rssm.feat_size
         self.heads = nn.ModuleDict()
+        ccfg = cfg.contrastive
+        embed = self.encoder.out_dim
         if cfg.repr == "reconstruction":
             self.heads["decoder"] = MultiDecoder(feat, obs_space, self.images, self.vectors, cfg)
+        elif cfg.repr == "nce":
+            self.heads["state_model"] = contrastive.StateModel(
+                embed, feat, ccfg.proj_units, ccfg.state_min_std, cfg.act, cfg.norm
+            )
+        elif cfg.repr == "dreaming":
+            self.heads["contrastive"] = contrastive.ContrastiveHead(
+                feat, embed, ccfg.proj_units, cfg.act, cfg.norm
+            )
+            self.heads["linear_dynamics"] = contrastive.LinearDynamics(feat, self.action_size)
         else:
-            raise ValueError(f"model.repr={cfg.repr!r} is not available; use reconstruction")
+            raise ValueError(
+                f"model.repr={cfg.repr!r} is not available; use reconstruction, nce or dreaming"
+            )
+        if cfg.repr != "reconstruction" and cfg.vis_decoder:
+            self.heads["vis_decoder"] = MultiDecoder(
+                feat, obs_space, self.images, self.vectors, cfg
+            )
         self.heads["reward"] = MLP(
             feat, 1, cfg.reward_head.layers, cfg.reward_head.units, cfg.act, cfg.norm
         )
@@ -150,7 +176,11 @@ class WorldModel(nn.Module):
     def loss(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, State, dict[str, float]]:
         """data: preprocessed batch (B, T, ...). Returns loss, posterior states, metrics."""
         cfg = self.cfg
-        embed = self.encoder(data)  # (B, T, E)
+        if cfg.repr == "dreaming":
+            view, key_view = self._views(data)
+            embed = self.encoder(view)  # (B, T, E) from the first augmented view
+        else:
+            embed = self.encoder(data)  # (B, T, E)
         prev_action = torch.cat(
             [torch.zeros_like(data["action"][:, :1]), data["action"][:, :-1]], 1
         )
@@ -162,6 +192,19 @@ class WorldModel(nn.Module):
             for key, dist in self.heads["decoder"](feat).items():
                 scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
                 losses[key] = -scale * dist.log_prob(data[key]).mean()
+        if cfg.repr == "nce":
+            mean, std = self.heads["state_model"](embed)  # (B, T, F) each
+            flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+            nce = contrastive.state_model_nce(flat(feat), flat(mean), flat(std))  # (B*T,)
+            losses["nce"] = cfg.contrastive.scale * nce.mean()
+        if cfg.repr == "dreaming":
+            key_embed = self.encoder(key_view)  # (B, T, E) from the second view
+            kl_0 = losses.pop("kl")  # the one-step KL is the k = 0 overshooting term
+            losses.update(self._dreaming_losses(post, feat, key_embed, prev_action, data, kl_0))
+        if "vis_decoder" in self.heads:
+            for key, dist in self.heads["vis_decoder"](feat.detach()).items():
+                scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
+                losses[f"vis_{key}"] = -scale * dist.log_prob(data[key]).mean()
         reward = MSEDist(self.reward(feat), 0)
         losses["reward"] = -cfg.loss_scales.reward * reward.log_prob(data["reward"]).mean()
         cont = self.cont(feat)
@@ -171,10 +214,65 @@ class WorldModel(nn.Module):
         total = sum(losses.values())
         metrics = {f"wm/{k}_loss": float(v.detach()) for k, v in losses.items()}
         metrics["wm/loss"] = float(total.detach())
+        if "vis_decoder" in self.heads:  # the world model's own loss, without the visualisation
+            own = sum(v for k, v in losses.items() if not k.startswith("vis_"))
+            metrics["wm/model_loss"] = float(own.detach())
         metrics["wm/kl"] = float(kl.mean())
         metrics["wm/prior_entropy"] = float(self._entropy(prior))
         metrics["wm/post_entropy"] = float(self._entropy(post))
         return total, post, metrics
+
+    def _views(self, data: dict[str, torch.Tensor]):
+        """Two independently augmented copies of the batch (images cropped, the rest shared)."""
+        ccfg = self.cfg.contrastive
+        view, key_view = dict(data), dict(data)
+        for key in self.images:
+            view[key], key_view[key] = contrastive.two_views(
+                data[key], ccfg.augment_size, ccfg.augment
+            )
+        return view, key_view
+
+    def _dreaming_losses(
+        self,
+        post: State,
+        feat: torch.Tensor,
+        key_embed: torch.Tensor,
+        prev_action: torch.Tensor,
+        data: dict[str, torch.Tensor],
+        kl_0: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """sum_{k=0..K} (L_k^NCE + L_k^KL), Okada & Taniguchi 2021 eq. 10 (see contrastive.py)."""
+        cfg, ccfg = self.cfg, self.cfg.contrastive
+        batch, length = feat.shape[:2]
+        steps = max(0, min(int(ccfg.overshoot), length - 2))
+        is_first = data["is_first"]
+        head = self.heads["contrastive"]
+        keys = head.obs(key_embed).reshape(batch * length, -1)  # (N, P): every x' of the batch
+        nce_terms = []
+        preds = contrastive.linear_overshoot(
+            feat, prev_action, self.heads["linear_dynamics"], steps
+        )
+        for k, pred in enumerate(preds):  # pred (B, T-k, F) predicts t+k
+            mask = contrastive.overshoot_mask(is_first, k)  # (B, T-k)
+            target = torch.arange(batch * length, device=feat.device).reshape(batch, length)
+            target = target[:, k:][mask]  # (Q,) the key of time t+k
+            scores = contrastive.contrastive_scores(
+                head.latent(pred[mask]), keys, ccfg.score, ccfg.temperature
+            )  # (Q, N)
+            nce_terms.append(ccfg.scale * contrastive.info_nce(scores, target).mean())
+        kl_terms = [kl_0]
+        overshot = contrastive.rssm_overshoot(self.rssm, post, prev_action, steps)
+        for k, prior_k in enumerate(overshot, start=1):  # prior_k (B, T-k-1) predicts t+k+1
+            mask = contrastive.overshoot_mask(is_first, k + 1)  # (B, T-k-1)
+            if not bool(mask.any()):
+                kl_terms.append(torch.zeros((), device=feat.device))
+                continue
+            target = {key: value[:, k + 1 :][mask] for key, value in post.items()}  # (Q, ...)
+            pred = {key: value[mask] for key, value in prior_k.items()}  # (Q, ...)
+            prior_part, post_part, _ = self.rssm.kl_loss(target, pred, cfg.kl.balance, cfg.kl.free)
+            kl_terms.append(cfg.kl.scale * (prior_part + post_part))
+        _, parts = contrastive.dreaming_objective(nce_terms, kl_terms)
+        return parts
 
     def _entropy(self, state: State) -> torch.Tensor:
         with torch.no_grad():
