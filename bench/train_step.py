@@ -1,0 +1,153 @@
+"""Seconds per training update (world model + behaviour) and peak memory, per configuration.
+
+    python bench/train_step.py                      # all configurations below
+    python bench/train_step.py --only dreamerv2     # one of them
+    python bench/train_step.py --threads 2 --updates 5
+
+Each configuration runs in its own process so that its peak memory (max RSS on CPU,
+max allocated on CUDA) is its own. Observations: one 64x64x3 image and a 16-dim
+vector; 6-dim continuous actions; batch 16 x length 64 unless a configuration says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SMALL = [
+    "model.rssm.deter=128",
+    "model.rssm.hidden=128",
+    "model.encoder.cnn_depth=16",
+    "model.decoder.cnn_depth=16",
+    "model.encoder.mlp_units=128",
+    "model.decoder.mlp_units=128",
+    "model.encoder.mlp_layers=2",
+    "model.decoder.mlp_layers=2",
+    "model.reward_head.units=128",
+    "model.cont_head.units=128",
+    "model.reward_head.layers=2",
+    "model.cont_head.layers=2",
+    "behavior.actor.units=128",
+    "behavior.critic.units=128",
+    "behavior.actor.layers=2",
+    "behavior.critic.layers=2",
+]
+
+# name -> (algo preset, overrides)
+CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "dreamerv2": ("dreamerv2", []),
+    "dreamer": ("dreamer", []),
+    "dreamerv2-small": ("dreamerv2", SMALL),
+}
+
+
+def measure(name: str, updates: int, threads: int, batch: int, length: int) -> dict:
+    import numpy as np
+    import torch
+
+    from daydream.agent import Agent
+    from daydream.config import load_config
+    from robots.base import Space, step_spaces
+
+    torch.set_num_threads(threads)
+    algo, overrides = CONFIGS[name]
+    config = load_config(None, algo, overrides)
+    obs_space = {"image": Space((64, 64, 3), np.uint8), "state": Space((16,)), **step_spaces()}
+    act_space = {"action": Space((6,), np.float32, -1.0, 1.0)}
+    agent = Agent(obs_space, act_space, config)
+    rng = np.random.default_rng(0)
+    data = {
+        "image": rng.integers(0, 255, (batch, length, 64, 64, 3), dtype=np.uint8),
+        "state": rng.normal(size=(batch, length, 16)).astype(np.float32),
+        "action": rng.uniform(-1, 1, (batch, length, 6)).astype(np.float32),
+        "reward": rng.normal(size=(batch, length)).astype(np.float32),
+        "is_first": np.zeros((batch, length), bool),
+        "is_last": np.zeros((batch, length), bool),
+        "is_terminal": np.zeros((batch, length), bool),
+    }
+    data["is_first"][:, 0] = True
+    agent.train(data)  # warm-up
+    if agent.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(updates):
+        start = time.perf_counter()
+        agent.train(data)
+        if agent.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    params = sum(p.numel() for p in agent.wm.parameters()) + sum(
+        p.numel() for p in agent.behavior.parameters()
+    )
+    if agent.device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "name": name,
+        "device": str(agent.device),
+        "threads": threads,
+        "sec_per_update": float(np.median(times)),
+        "peak_mb": peak_mb,
+        "params_m": params / 1e6,
+        "batch": f"{batch}x{length}",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.updates, args.threads, args.batch, args.length)))
+        return
+    print(
+        f"{'config':<18} {'device':<7} {'thr':>3} {'batch':>6} {'params':>8} "
+        f"{'s/update':>9} {'peak MB':>8}"
+    )
+    results = {}
+    for name in args.only:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                "--updates",
+                str(args.updates),
+                "--threads",
+                str(args.threads),
+                "--batch",
+                str(args.batch),
+                "--length",
+                str(args.length),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results[name] = r
+        print(
+            f"{name:<18} {r['device']:<7} {r['threads']:>3} {r['batch']:>6} "
+            f"{r['params_m']:>7.2f}M {r['sec_per_update']:>9.3f} {r['peak_mb']:>8.0f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
