@@ -16,6 +16,7 @@ VERBS: dict[str, str] = {
     "teleop": "remote safety console of a robot: stop, reset, override, drive (CURVE keys)",
     "train": "single-process training: collect, store, train, log (simulated or gym robots)",
     "keys": "create CURVE key pairs for the gateway and robots, and the gateway's allow-list",
+    "report": "open-loop prediction videos and learning-curve plots of a run (LOGDIR)",
 }
 
 

@@ -1,0 +1,81 @@
+"""`daydream report`: readable open-loop videos and learning-curve plots for a short run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+
+from daydream.cli import main
+
+torch.set_num_threads(1)
+
+TINY = [
+    "device=cpu",
+    "model.rssm.deter=32",
+    "model.rssm.hidden=32",
+    "model.rssm.stoch=8",
+    "model.encoder.cnn_depth=4",
+    "model.decoder.cnn_depth=4",
+    "model.encoder.mlp_layers=1",
+    "model.encoder.mlp_units=32",
+    "model.decoder.mlp_layers=1",
+    "model.decoder.mlp_units=32",
+    "model.reward_head={layers: 1, units: 32}",
+    "model.cont_head={layers: 1, units: 32}",
+    "model.contrastive.proj_units=32",
+    "behavior.actor={layers: 1, units: 32}",
+    "behavior.critic={layers: 1, units: 32}",
+    "behavior.horizon=5",
+    "train.batch_size=4",
+    "train.batch_length=12",
+    "train.prefill=100",
+    "train.pretrain=5",
+    "train.ratio=8",
+    "train.log_every=50",
+    "train.torch_threads=1",
+    "replay.min_size=50",
+]
+
+
+def short_run(logdir: Path, config: str, algo: str, extra: list[str] = ()) -> None:
+    args = ["train", "--config", config, "--algo", algo, "--steps", "200", "--logdir", str(logdir)]
+    assert main([*args, "--set", *TINY, *extra]) == 0
+
+
+def printed_paths(out: str) -> list[Path]:
+    return [Path(line) for line in out.splitlines() if line and not line.startswith("note")]
+
+
+@pytest.mark.parametrize("algo", ["dreaming", "dreamer"])
+def test_report_writes_a_readable_video_and_plots_for_a_short_run(algo, tmp_path, capsys):
+    logdir = tmp_path / "run"
+    short_run(logdir, "configs/sim_ur5_reach.yaml", algo, ["ur5.episode_length=40"])
+    capsys.readouterr()
+    code = main(["report", "--logdir", str(logdir), "--sequences", "3", "--length", "20"])
+    assert code == 0
+    paths = printed_paths(capsys.readouterr().out)
+    videos = [p for p in paths if p.suffix == ".gif"]
+    plots = [p for p in paths if p.suffix == ".png"]
+    assert [p.name for p in videos] == ["openloop_image.gif"]
+    frames = imageio.mimread(videos[0])
+    assert len(frames) == 20  # one frame per step: 5 context frames, then 15 imagined
+    assert np.asarray(frames[0]).shape[:2] == (3 * 64, 3 * 64)  # rows truth/pred/error x 3 seqs
+    assert {p.name for p in plots} >= {"returns.png", "world_model.png"}
+    for plot in plots:
+        image = imageio.imread(plot)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_report_on_a_vector_only_task_writes_plots_and_says_why_no_video(tmp_path, capsys):
+    logdir = tmp_path / "pendulum"
+    short_run(logdir, "configs/pendulum.yaml", "dreamer")
+    capsys.readouterr()
+    assert main(["report", "--logdir", str(logdir)]) == 0
+    out = capsys.readouterr().out
+    assert "no image observations" in out
+    paths = printed_paths(out)
+    assert paths and all(p.suffix == ".png" and p.is_file() for p in paths)
