@@ -15,6 +15,9 @@ VERBS: dict[str, str] = {
     "drive": "run a robot under the safety supervisor, no learner (bring-up, watch a checkpoint)",
     "teleop": "remote safety console of a robot: stop, reset, override, drive (CURVE keys)",
     "train": "single-process training: collect, store, train, log (simulated or gym robots)",
+    "run": "the whole system on one machine: Ray, replay, gateway, learner, simulated robots",
+    "learner": "the workstation side: replay, gateway, training, weights, checkpoints",
+    "actor": "a robot acting with the newest policy from a learner (robot computer side)",
     "keys": "create CURVE key pairs for the gateway and robots, and the gateway's allow-list",
     "report": "open-loop prediction videos and learning-curve plots of a run (LOGDIR)",
 }

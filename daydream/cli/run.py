@@ -1,0 +1,160 @@
+"""``daydream run``: the whole system on one machine, the README's main command.
+
+    daydream run --config configs/sim_ur5_pick.yaml --actors 2 --steps 20000 --logdir logdir/ur5
+
+Starts a local Ray instance, the replay actor, the gateway and the learner in this
+process, and N simulated robots as ``daydream actor`` subprocesses on loopback (CURVE
+keys generated into LOGDIR/keys on the first run; actor logs in LOGDIR/actors/). Stops
+after ``--steps`` environment steps from all robots together, or on Ctrl-C / SIGTERM:
+robots first (their last chunks acknowledged), then a checkpoint. Rerun to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="task file, e.g. configs/sim_ur5_pick.yaml")
+    parser.add_argument("--algo", help="algorithm preset from configs/algo/ (default: the task's)")
+    parser.add_argument("--actors", type=int, default=1, help="simulated robots (default 1)")
+    parser.add_argument("--robot", help="robot driver for the actors (default: robot.name)")
+    parser.add_argument("--steps", type=int, help="environment steps from all robots (train.steps)")
+    parser.add_argument("--logdir", help="checkpoints, metrics, replay, keys; rerun to resume")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:*", help="gateway address (loopback)")
+    parser.add_argument(
+        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="override any config key (learner and actors), e.g. --set model.rssm.deter=256",
+    )  # fmt: skip
+
+
+def spawn_actor(
+    args: argparse.Namespace, config, endpoint: str, key_dir: Path | None, index: int
+) -> tuple[subprocess.Popen, Path]:
+    """Start one ``daydream actor`` subprocess in its own session; returns it and its log."""
+    from daydream.actor import actor_directory
+
+    actor_id = f"actor-{index}"
+    directory = actor_directory(config, actor_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    log_path = directory / "actor.log"
+    cmd = [sys.executable, "-m", "daydream", "actor", "--config", args.config,
+           "--learner", endpoint, "--id", actor_id, "--logdir", str(config.logdir)]  # fmt: skip
+    if args.algo:
+        cmd += ["--algo", args.algo]
+    if args.robot:
+        cmd += ["--robot", args.robot]
+    if key_dir is not None:
+        cmd += ["--keys", str(key_dir)]
+    if args.overrides:
+        cmd += ["--set", *args.overrides]
+    env = {**os.environ, "DAYDREAM_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    return proc, log_path
+
+
+def stop_processes(procs: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM each process group, wait up to ``grace`` s, then SIGKILL what is left."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+def _watch(procs: list[tuple[subprocess.Popen, Path]], done: threading.Event) -> None:
+    reported: set[int] = set()
+    while not done.wait(1.0):
+        for i, (p, log_path) in enumerate(procs):
+            if p.poll() is not None and i not in reported and not done.is_set():
+                reported.add(i)
+                tail = log_path.read_text(errors="replace").splitlines()[-15:]
+                print(
+                    f"actor-{i} exited with code {p.returncode}; last lines of {log_path}:\n  "
+                    + "\n  ".join(tail),
+                    flush=True,
+                )
+
+
+def main(args: argparse.Namespace) -> int:
+    from daydream.cli.learner import build_config, init_ray, stop_on_signals
+
+    if args.actors < 1:
+        raise SystemExit("daydream run: --actors must be at least 1")
+    config = build_config(args, "run")
+    if args.robot:
+        config.robot.name = args.robot
+
+    import ray
+
+    from daydream.config import to_yaml
+    from daydream.keys import SERVER_NAME, create_keys
+    from daydream.learner import Learner
+    from daydream.transport import key_dir_from_config
+
+    logdir = Path(config.logdir).resolve()
+    config.logdir = str(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    (logdir / "config.yaml").write_text(to_yaml(config))
+    key_dir = None
+    if bool(config.transport.curve):
+        key_dir = key_dir_from_config(config, logdir).resolve()
+        if not (key_dir / f"{SERVER_NAME}.key_secret").is_file():
+            create_keys(key_dir, [str(config.transport.client_key)])
+            print(f"daydream run: created CURVE keys in {key_dir}", flush=True)
+
+    init_ray(config, None)
+    procs: list[tuple[subprocess.Popen, Path]] = []
+    done = threading.Event()
+    learner = None
+    try:
+        learner = Learner(config, bind=args.bind)
+        stop_on_signals(learner.stop)
+        print(
+            f"daydream run: {config.algo} on {args.actors} x {config.robot.name}, gateway "
+            f"{learner.endpoint}, learner on {learner.agent.device}, logdir {logdir}",
+            flush=True,
+        )
+        for i in range(args.actors):
+            procs.append(spawn_actor(args, config, learner.endpoint, key_dir, i))
+        threading.Thread(target=_watch, args=(procs, done), daemon=True).start()
+        counters = learner.run(close=False)
+        print(
+            f"daydream run: {counters['env_steps']} environment steps, {counters['updates']} "
+            f"updates; stopping the robots",
+            flush=True,
+        )
+    except KeyboardInterrupt:
+        print("daydream run: interrupted again; stopping now", flush=True)
+    finally:
+        done.set()
+        stop_processes([p for p, _ in procs], float(config.actor.shutdown_grace) + 10.0)
+        if learner is not None:
+            learner.close()
+            print(f"checkpoint in {logdir}; rerun the same command to resume", flush=True)
+        ray.shutdown()
+    return 0

@@ -1,0 +1,285 @@
+"""The distributed runtime end to end: `daydream run`, learner restarts, actors that keep ticking.
+
+Tiny models on Pendulum-v1 (vector observations) keep every test to seconds of training;
+each process runs in its own process group and is killed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "pendulum.yaml")
+TINY = [
+    "device=cpu", "train.torch_threads=1",
+    "model.rssm.deter=32", "model.rssm.hidden=32", "model.rssm.stoch=4", "model.rssm.classes=4",
+    "model.encoder.mlp_units=32", "model.encoder.mlp_layers=1", "model.encoder.cnn_depth=4",
+    "model.decoder.mlp_units=32", "model.decoder.mlp_layers=1", "model.decoder.cnn_depth=4",
+    "model.reward_head.layers=1", "model.reward_head.units=32",
+    "model.cont_head.layers=1", "model.cont_head.units=32",
+    "behavior.actor.layers=1", "behavior.actor.units=32",
+    "behavior.critic.layers=1", "behavior.critic.units=32", "behavior.horizon=5",
+    "train.batch_size=4", "train.batch_length=8", "replay.min_size=64",
+    "learner.publish_every=0.5", "learner.log_every=2", "learner.checkpoint_every=2",
+    "actor.chunk_length=8", "actor.period=0.01", "actor.status_every=0.5",
+    "transport.resend_after_s=2", "transport.heartbeat_timeout_ms=2000",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(args: list[str], log: Path) -> subprocess.Popen:
+    """``python -m daydream ARGS`` in its own process group, output to ``log``."""
+    with open(log, "ab") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "daydream", *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 30.0) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_for(predicate, timeout: float, what: str, logs: tuple[Path, ...] = ()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    tails = "\n".join(f"--- {p}\n" + p.read_text(errors="replace")[-3000:] for p in logs)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
+
+
+def status(logdir: Path, actor: str) -> dict:
+    try:
+        return json.loads((logdir / "actors" / actor / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def metrics(logdir: Path) -> list[dict]:
+    path = logdir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def stored_chunks(directory: Path) -> tuple[dict[str, list[int]], int]:
+    """Sequence numbers of the chunks in a replay directory per stream, and the step count."""
+    from daydream.replay import Replay
+
+    replay = Replay(10**7, directory=directory)
+    out: dict[str, list[tuple[int, int]]] = {}
+    for stream, seq in replay.keys():
+        out.setdefault(stream, []).append(seq)
+    return {k: sorted(v) for k, v in out.items()}, replay.num_steps
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_daydream_run_two_robots_stream_train_swap_weights_and_checkpoint(tmp_path):
+    logdir = tmp_path / "run"
+    log = tmp_path / "run.log"
+    proc = spawn(
+        ["run", "--config", CONFIG, "--actors", "2", "--steps", "900", "--logdir", str(logdir),
+         "--set", *TINY],
+        log,
+    )  # fmt: skip
+    try:
+        assert proc.wait(timeout=150) == 0, log.read_text()[-3000:]
+    finally:
+        kill(proc)
+    text = log.read_text()
+    # training happened and was logged (JSON lines + TensorBoard) with a progress line
+    rows = metrics(logdir)
+    updates = max(r.get("updates", 0) for r in rows)
+    assert updates > 0, text[-2000:]
+    assert any("episode_return" in r for r in rows), "actors' episode returns reach the learner"
+    assert any("wm/loss" in r for r in rows)
+    assert list((logdir / "tensorboard").glob("events.*"))
+    assert "upd/s" in text and "replay" in text
+    # a resumable checkpoint with the trained agent and counters
+    payload = torch.load(logdir / "checkpoint.pt", weights_only=True)
+    assert payload["counters"]["updates"] == payload["agent"]["updates"] > 0
+    # both robots' chunks are in the replay files, and every one was acknowledged
+    streams, steps = stored_chunks(logdir / "replay")
+    assert set(streams) == {"actor-0", "actor-1"}
+    assert steps >= 900
+    for actor in ("actor-0", "actor-1"):
+        st = status(logdir, actor)
+        seqs = streams[actor]
+        assert seqs == list(range(len(seqs))), f"{actor}: gaps or duplicates in {seqs}"
+        assert st["outbox"]["pending"] == 0 and st["outbox"]["acked"] == len(seqs)
+        # each robot swapped weights in more than once: from its first to a newer version
+        assert st["swaps"] >= 2, st
+        assert st["policy_version"] > 0
+    # nothing lost, nothing twice: the replay holds exactly the steps the robots recorded
+    assert steps == sum(status(logdir, a)["records"] for a in ("actor-0", "actor-1"))
+    assert "acting with weights version" in (logdir / "actors/actor-0/actor.log").read_text()
+
+
+# ---------------------------------------------------------------- restart, outage, tick rate
+
+
+def test_learner_sigkill_restart_resumes_while_the_actor_keeps_its_tick_rate(tmp_path):
+    """SIGKILL the learner mid-run: the actor keeps ticking at its rate with the weights it
+    has, its chunks wait in the outbox; a new learner on the same logdir resumes from the
+    checkpoint and the replay files, and every chunk ends up stored exactly once."""
+    from daydream.keys import create_keys
+
+    logdir, keys = tmp_path / "run", tmp_path / "keys"
+    create_keys(keys, ["actor"])
+    port = free_port()
+    learner_args = ["learner", "--config", CONFIG, "--bind", f"tcp://127.0.0.1:{port}",
+                    "--logdir", str(logdir), "--keys", str(keys), "--steps", "100000",
+                    "--set", *TINY]  # fmt: skip
+    llog1, llog2, alog = tmp_path / "learner1.log", tmp_path / "learner2.log", tmp_path / "a.log"
+    actor = learner = None
+    try:
+        learner = spawn(learner_args, llog1)
+        actor = spawn(
+            ["actor", "--config", CONFIG, "--learner", f"tcp://127.0.0.1:{port}", "--id", "arm",
+             "--keys", str(keys), "--logdir", str(logdir), "--set", *TINY],
+            alog,
+        )  # fmt: skip
+        logs = (llog1, alog)
+        first = wait_for(
+            lambda: (status(logdir, "arm").get("policy_version", -1) > 0
+                     and (logdir / "checkpoint.pt").exists() and status(logdir, "arm")),
+            90, "the actor acting with learned weights and a checkpoint", logs,
+        )  # fmt: skip
+        before_kill = status(logdir, "arm")
+        kill(learner, signal.SIGKILL)
+        saved = torch.load(logdir / "checkpoint.pt", weights_only=True)
+        assert saved["agent"]["updates"] > 0
+        # learner gone: the control loop keeps its rate, experience piles up in the outbox
+        time.sleep(4.0)
+        during = status(logdir, "arm")
+        assert during["tick_rate"] > 0.7 * 100, during  # actor.period = 0.01 s
+        assert during["steps"] - before_kill["steps"] > 0.7 * 100 * 3, (before_kill, during)
+        assert during["outbox"]["pending"] > 0
+        assert during["policy_version"] >= first["policy_version"]  # keeps acting with them
+
+        learner = spawn(learner_args, llog2)
+        logs = (llog2, alog)
+        wait_for(lambda: "resumed from" in llog2.read_text(), 60, "the resume message", logs)
+        resumed_at = int(llog2.read_text().split("at update ")[1].split(",")[0])
+        assert resumed_at == saved["agent"]["updates"]
+        # the outbox drains into the new learner's replay, and training goes on past it
+        wait_for(lambda: status(logdir, "arm")["outbox"]["pending"] == 0
+                 and status(logdir, "arm")["policy_version"] > resumed_at,
+                 90, "resent chunks acknowledged and newer weights", logs)  # fmt: skip
+        kill(actor, signal.SIGTERM)
+        final = json.loads((logdir / "actors/arm/status.json").read_text())
+        kill(learner, signal.SIGTERM)
+        assert learner.returncode == 0, llog2.read_text()[-2000:]
+    finally:
+        for p in (actor, learner):
+            if p is not None:
+                kill(p)
+    # every chunk the actor produced is stored exactly once, across the outage
+    streams, steps = stored_chunks(logdir / "replay")
+    assert streams["arm"] == list(range(len(streams["arm"])))
+    assert final["outbox"]["pending"] == 0
+    assert steps == final["records"]
+    rows = metrics(logdir)
+    assert max(r.get("updates", 0) for r in rows) > resumed_at
+
+
+# ---------------------------------------------------------------- in-process pieces
+
+
+def _tiny_config(tmp_path, *extra):
+    from daydream.config import load_config
+
+    return load_config(CONFIG, overrides=[*TINY, f"logdir={tmp_path}", *extra])
+
+
+def test_actor_without_a_learner_keeps_its_tick_rate_and_keeps_the_chunks(tmp_path):
+    from daydream.actor import Actor
+    from daydream.keys import create_keys
+
+    create_keys(tmp_path / "keys", ["actor"])
+    config = _tiny_config(tmp_path, "actor.shutdown_grace=0.2")
+    actor = Actor(config, f"tcp://127.0.0.1:{free_port()}", "lonely", max_steps=300)
+    t0 = time.monotonic()
+    result = actor.run()
+    elapsed = time.monotonic() - t0
+    assert result["steps"] == 300
+    assert elapsed < 300 * 0.01 * 1.5 + 1.0, f"300 ticks of 10 ms took {elapsed:.2f} s"
+    assert result["policy_version"] == -1  # random policy: no weights ever arrived
+    assert result["outbox"]["pending"] == result["records"] // 8 + (result["records"] % 8 > 0)
+    assert result["outbox"]["acked"] == 0
+
+
+def test_weights_load_into_the_spare_copy_and_swap_in_by_reference():
+    from daydream.actor import PolicySlots
+    from daydream.agent import Agent
+    from daydream.config import load_config
+    from daydream.learner import robot_spaces
+
+    config = load_config(CONFIG, overrides=TINY)
+    obs_space, act_space = robot_spaces(config)
+    slots = PolicySlots(lambda: Agent(obs_space, act_space, config, device="cpu"))
+    assert slots.current() == (None, False)  # random policy until weights arrive
+    learner = Agent(obs_space, act_space, config, device="cpu")
+    w1 = learner.policy_weights()
+    w1.version = 1
+    slots.stage(w1)
+    first, swapped = slots.current()
+    assert swapped and slots.version == 1
+    assert slots.current() == (first, False)
+    acting = {k: v.clone() for k, v in first.behavior.actor.state_dict().items()}
+
+    for p in learner.behavior.actor.parameters():
+        p.data.add_(1.0)
+    w2 = learner.policy_weights()
+    w2.version = 2
+    done = threading.Event()
+    threading.Thread(target=lambda: (slots.stage(w2), done.set())).start()
+    assert done.wait(30)
+    # staging never wrote into the copy that is acting
+    for k, v in first.behavior.actor.state_dict().items():
+        assert torch.equal(v, acting[k])
+    second, swapped = slots.current()
+    assert swapped and second is not first and slots.version == 2
+    for k, v in second.behavior.actor.state_dict().items():
+        assert np.allclose(v.numpy(), w2.arrays[f"actor.{k}"])
+
+
+@pytest.mark.parametrize("verb", ["run", "learner", "actor"])
+def test_runtime_verbs_are_registered_with_help(verb):
+    out = subprocess.run(
+        [sys.executable, "-m", "daydream", verb, "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "--config" in out.stdout
