@@ -1,0 +1,319 @@
+"""Gateway: the workstation end of the transport. Chunks in, acks and weights out.
+
+For every chunk a robot sends, the gateway
+  1. decodes it (``codec``; a bad message is counted by reason and answered with ``error``),
+  2. validates it against the declared step spaces when given (wrong keys, shapes or
+     dtypes -> ``nack``, counted as ``bad_chunk``),
+  3. hands it to the replay (a ``ReplayActor`` handle or an in-process ``ReplayService``),
+  4. acknowledges it ONLY once the replay has answered True (stored, on disk) or False (a
+     duplicate it already holds). If the replay call fails, nothing is acknowledged and
+     the robot's outbox sends the chunk again.
+It also serves the newest policy weights: ``publish_weights(params, version)`` (from the
+learner) announces the version to every robot seen recently; a robot that asks
+(``weights_request``) with an older version gets the weights.
+
+Two ways to run it::
+
+    gateway = Gateway(replay, bind="tcp://*:5555", key_dir="keys"); gateway.start()  # a thread
+    gateway = GatewayActor.remote(replay_handle, bind=...); gateway.start.remote()   # Ray actor
+    ...
+    gateway.publish_weights(params, version); gateway.stop()
+
+Replay calls are pipelined (several batches in flight) so robots never wait on disk
+writes one batch at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict, deque
+from pathlib import Path
+
+import numpy as np
+
+from daydream.codec import encode
+from daydream.transport import TransportOptions, TransportServer, key_dir_from_config
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 4  # replay batches awaiting an answer
+PEER_TIMEOUT_S = 60.0  # robots not heard from for this long get no weight announcements
+MAX_REPORTS = 4096  # heartbeat reports kept until the learner pops them
+MAX_REPORTED_EPISODES = 64  # episodes read from one heartbeat
+
+
+class Gateway:
+    """Owns the server socket, chunk validation, ack bookkeeping and the newest weights."""
+
+    def __init__(
+        self,
+        replay,
+        bind: str = "tcp://*:5555",
+        *,
+        curve: bool = True,
+        key_dir: str | Path | None = None,
+        spaces: dict | None = None,
+        max_batch: int = 32,
+        poll_ms: int = 50,
+        options: TransportOptions | None = None,
+    ):
+        self.replay = replay
+        self._remote = hasattr(getattr(replay, "add_batch", None), "remote")
+        self.spaces = (
+            {k: (np.dtype(s.dtype), tuple(s.shape)) for k, s in spaces.items()} if spaces else None
+        )
+        self.max_batch = int(max_batch)
+        self.poll_ms = int(poll_ms)
+        self.server = TransportServer(bind, curve=curve, key_dir=key_dir, options=options)
+        self.endpoint = self.server.endpoint
+        self.counts: Counter = Counter()
+        self._weights_lock = threading.Lock()
+        self._weights_version = -1
+        self._weights_bytes: bytes | None = None
+        self._announce = False
+        self._peers: dict[bytes, float] = {}
+        self._reports: deque = deque(maxlen=MAX_REPORTS)  # heartbeat reports for the learner
+        self._in_flight: list = []  # (ref, [(peer, actor, seq)])
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_config(
+        cls, config, replay, logdir: str | Path | None = None, bind: str | None = None, **kw
+    ) -> Gateway:
+        return cls(
+            replay,
+            bind or config.gateway.bind,
+            curve=bool(config.transport.curve),
+            key_dir=key_dir_from_config(config, logdir),
+            max_batch=int(config.gateway.max_batch),
+            poll_ms=int(config.gateway.poll_ms),
+            options=TransportOptions.from_config(config),
+            **kw,
+        )
+
+    # ------------------------------------------------------------ learner side
+
+    def publish_weights(self, params: dict[str, np.ndarray], version: int) -> None:
+        """Make ``params`` (flat dict of arrays) the newest weights; robots hear of it."""
+        data = encode(
+            {"type": "weights", "version": int(version), "params": params},
+            self.server.options.max_weights_bytes,
+        )
+        with self._weights_lock:
+            if version <= self._weights_version:
+                raise ValueError(
+                    f"weights version {version} is not newer than {self._weights_version}; "
+                    f"versions must increase"
+                )
+            self._weights_version, self._weights_bytes = int(version), data
+            self._announce = True
+
+    @property
+    def weights_version(self) -> int:
+        return self._weights_version
+
+    def stats(self) -> dict:
+        """Counters: chunks, acks, rejected messages by reason, weights served."""
+        rejected = {f"rejected_{k}": v for k, v in self.server.rejected.items()}
+        return {
+            **dict(self.counts),
+            **rejected,
+            "dropped_sends": self.server.dropped_sends,
+            "weights_version": self._weights_version,
+            "peers": len(self._peers),
+            "endpoint": self.endpoint,
+        }
+
+    # ------------------------------------------------------------ loop
+
+    def start(self) -> str:
+        """Run the loop in a background thread; returns the bound endpoint."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name="daydream-gateway", daemon=True)
+            self._thread.start()
+        return self.endpoint
+
+    def run(self) -> None:
+        """Serve until ``stop()``; closes the socket on the way out."""
+        try:
+            while not self._stop.is_set():
+                self.step(self.poll_ms)
+            self._drain(timeout=5.0)
+        finally:
+            self.server.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        elif not self.server.sock.closed:
+            self.server.close()
+
+    def step(self, timeout_ms: int = 0) -> None:
+        """One round: receive, hand chunks to the replay, send acks and weights."""
+        if self._in_flight:
+            timeout_ms = min(timeout_ms, 1)
+        messages = self.server.recv(timeout_ms, max_messages=4 * self.max_batch)
+        now = time.monotonic()
+        batch: list[tuple[bytes, str, int, dict]] = []
+        for peer, msg in messages:
+            self._peers[peer] = now
+            kind = msg["type"]
+            if kind == "chunk":
+                self._accept_chunk(peer, msg, batch)
+            elif kind in ("hello", "heartbeat"):
+                self._note_report(msg)
+                self.server.send(peer, {"type": "weights_info", "version": self._weights_version})
+            elif kind == "weights_request":
+                self._serve_weights(peer, msg["version"])
+            else:
+                self.server.rejected["unexpected_type"] += 1
+                self.server.send(peer, {"type": "error", "reason": "unexpected_type"})
+        for i in range(0, len(batch), self.max_batch):
+            self._submit(batch[i : i + self.max_batch])
+        self._collect(block=len(self._in_flight) >= MAX_IN_FLIGHT)
+        if self._announce:
+            self._announce_weights(now)
+
+    def _note_report(self, msg: dict) -> None:
+        """Keep what a robot reports in its heartbeat (episode returns, policy version in use)
+        for the learner's logs; anything malformed is ignored (reports are only metrics)."""
+        episodes = msg.get("episodes")
+        report = {"actor": msg["actor"], "episodes": [], "policy_version": None}
+        if isinstance(episodes, list):
+            report["episodes"] = [
+                (float(e[0]), int(e[1]))
+                for e in episodes[:MAX_REPORTED_EPISODES]
+                if isinstance(e, list) and len(e) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in e)
+            ]  # fmt: skip
+        version = msg.get("policy_version")
+        if isinstance(version, int) and not isinstance(version, bool):
+            report["policy_version"] = version
+        with self._weights_lock:
+            self._reports.append(report)
+
+    def pop_reports(self) -> list[dict]:
+        """Robot reports since the last call: {actor, episodes: [(return, length)],
+        policy_version}."""
+        with self._weights_lock:
+            reports, self._reports = list(self._reports), deque(maxlen=MAX_REPORTS)
+        return reports
+
+    def _accept_chunk(self, peer: bytes, msg: dict, batch: list) -> None:
+        self.counts["chunks_received"] += 1
+        problem = self._validate(msg["data"])
+        if problem:
+            self.server.rejected["bad_chunk"] += 1
+            self.server.send(peer, {"type": "nack", "seqs": [msg["seq"]], "reason": problem})
+            return
+        batch.append((peer, msg["actor"], msg["seq"], msg["data"]))
+
+    def _validate(self, data: dict[str, np.ndarray]) -> str:
+        lengths = {v.shape[0] if v.ndim else 0 for v in data.values()}
+        if len(lengths) != 1 or 0 in lengths:
+            return "arrays need one shared leading time axis T >= 1"
+        if self.spaces is None:
+            return ""
+        if data.keys() != self.spaces.keys():
+            return f"keys {sorted(data)} differ from the declared {sorted(self.spaces)}"
+        for k, (dtype, shape) in self.spaces.items():
+            if data[k].dtype != dtype or data[k].shape[1:] != shape:
+                return f"{k}: {data[k].dtype}{data[k].shape[1:]} differs from {dtype}{shape}"
+        return ""
+
+    # ------------------------------------------------------------ replay
+
+    def _submit(self, batch: list[tuple[bytes, str, int, dict]]) -> None:
+        items = [(f"{actor}", seq, data) for _, actor, seq, data in batch]
+        meta = [(peer, actor, seq) for peer, actor, seq, _ in batch]
+        if self._remote:
+            self._in_flight.append((self.replay.add_batch.remote(items), meta))
+            return
+        try:
+            results = self.replay.add_batch(items)
+        except Exception as e:  # nothing acknowledged: the robots resend
+            self.counts["replay_errors"] += 1
+            log.warning("gateway: replay refused a batch (%s); robots will resend", e)
+            return
+        self._acknowledge(meta, results)
+
+    def _collect(self, block: bool = False, timeout: float | None = None) -> None:
+        if not self._in_flight:
+            return
+        import ray
+
+        refs = [ref for ref, _ in self._in_flight]
+        ready, _ = ray.wait(
+            refs, num_returns=1 if block else len(refs), timeout=timeout if block else 0
+        )
+        if not ready:
+            return
+        ready_set = set(ready)
+        still = []
+        for ref, meta in self._in_flight:
+            if ref not in ready_set:
+                still.append((ref, meta))
+                continue
+            try:
+                results = ray.get(ref)
+            except Exception as e:  # the replay actor died or raised: no acks, robots resend
+                self.counts["replay_errors"] += 1
+                log.warning("gateway: replay call failed (%s); robots will resend", e)
+                continue
+            self._acknowledge(meta, results)
+        self._in_flight = still
+
+    def _drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            self._collect(block=True, timeout=max(0.0, deadline - time.monotonic()))
+
+    def _acknowledge(self, meta: list[tuple[bytes, str, int]], results: list) -> None:
+        acks: dict[tuple[bytes, str], list[int]] = defaultdict(list)
+        nacks: dict[tuple[bytes, str], list[tuple[int, str]]] = defaultdict(list)
+        for (peer, actor, seq), result in zip(meta, results, strict=True):
+            if result is True or result is False:
+                self.counts["chunks_added" if result else "chunks_duplicate"] += 1
+                acks[(peer, actor)].append(seq)
+            else:
+                self.server.rejected["replay_refused"] += 1
+                nacks[(peer, actor)].append((seq, str(result)))
+        for (peer, actor), seqs in acks.items():
+            self.counts["acks_sent"] += len(seqs)
+            self.server.send(peer, {"type": "ack", "actor": actor, "seqs": seqs})
+        for (peer, _), items in nacks.items():
+            self.server.send(
+                peer, {"type": "nack", "seqs": [s for s, _ in items], "reason": items[0][1][:200]}
+            )
+
+    # ------------------------------------------------------------ weights
+
+    def _serve_weights(self, peer: bytes, have: int) -> None:
+        with self._weights_lock:
+            version, data = self._weights_version, self._weights_bytes
+        if data is not None and version > have:
+            if self.server.send(peer, data):
+                self.counts["weights_sent"] += 1
+        else:
+            self.server.send(peer, {"type": "weights_info", "version": version})
+
+    def _announce_weights(self, now: float) -> None:
+        self._announce = False
+        info = encode({"type": "weights_info", "version": self._weights_version})
+        for peer, seen in list(self._peers.items()):
+            if now - seen > PEER_TIMEOUT_S:
+                del self._peers[peer]
+            else:
+                self.server.send(peer, info)
+
+
+def make_gateway_actor(**ray_options):
+    """The Gateway as a Ray actor class (threaded, so publish/stats run beside the loop)."""
+    import ray
+
+    return ray.remote(max_concurrency=4, num_cpus=0, **ray_options)(Gateway)

@@ -1,0 +1,311 @@
+"""ZeroMQ transport: robot DEALER <-> workstation ROUTER, one TCP port for everything.
+
+Messages (see ``codec.MESSAGE_FIELDS``)::
+
+    robot (TransportClient)                          workstation (TransportServer, in the gateway)
+    hello / heartbeat {actor}               ──▶      answered by weights_info {version}
+    chunk {actor, seq, data}                ──▶      ack {actor, seqs} once the replay holds it
+                                            ◀──      nack {seqs, reason} if refused for good
+    weights_request {version: have}         ──▶      weights {version, params} if newer, else
+                                                     weights_info {version}
+                                            ◀──      weights_info {version} when new weights appear
+
+Robots never block on the network: every send is NOBLOCK and returns False when ZeroMQ
+would block (no connection yet: IMMEDIATE=1; peer slow: SNDHWM reached); the caller (the
+outbox) keeps the chunk and sends it again later. ZMTP heartbeats notice a dead peer;
+DEALER reconnects by itself with backoff; LINGER 0 so closing never waits.
+
+CURVE is on by default: the server uses its secret key and admits only clients whose
+public key is in the allow-list directory (see ``daydream.keys``). Any socket served by
+this module is closed by ``close()``; both classes are context managers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from daydream import keys
+from daydream.codec import CodecError, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Socket options and limits shared by both ends (``transport`` block of the config)."""
+
+    sndhwm: int = 64
+    rcvhwm: int = 1024
+    heartbeat_ivl_ms: int = 1000
+    heartbeat_timeout_ms: int = 5000
+    reconnect_ivl_ms: int = 200
+    reconnect_ivl_max_ms: int = 5000
+    max_message_bytes: int = 64 * 1024 * 1024  # what a gateway accepts from a robot
+    max_weights_bytes: int = 1024 * 1024 * 1024  # what a robot accepts from its gateway
+
+    @classmethod
+    def from_config(cls, config) -> TransportOptions:
+        t = config.transport
+        return cls(
+            sndhwm=int(t.sndhwm),
+            rcvhwm=int(t.rcvhwm),
+            heartbeat_ivl_ms=int(t.heartbeat_ivl_ms),
+            heartbeat_timeout_ms=int(t.heartbeat_timeout_ms),
+            reconnect_ivl_ms=int(t.reconnect_ivl_ms),
+            reconnect_ivl_max_ms=int(t.reconnect_ivl_max_ms),
+            max_message_bytes=int(t.max_message_mb) * 1024 * 1024,
+        )
+
+    def apply(self, sock: zmq.Socket) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.sndhwm)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ivl_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.heartbeat_timeout_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, self.heartbeat_timeout_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL, self.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.reconnect_ivl_max_ms)
+
+
+def key_dir_from_config(config, logdir: str | Path | None = None) -> Path:
+    """``transport.key_dir`` resolved against the logdir when relative."""
+    path = Path(config.transport.key_dir)
+    if not path.is_absolute() and logdir is not None:
+        path = Path(logdir) / path
+    return path
+
+
+class TransportServer:
+    """Owns the workstation's ROUTER socket (and its CURVE authenticator).
+
+    ``recv`` returns decoded messages with the sender's routing id; messages that fail to
+    decode are counted in ``rejected`` by reason and answered with an ``error`` message.
+    """
+
+    def __init__(
+        self,
+        bind: str,
+        *,
+        curve: bool = True,
+        key_dir: str | Path | None = None,
+        options: TransportOptions | None = None,
+        context: zmq.Context | None = None,
+    ):
+        self.options = options or TransportOptions()
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self._auth = None
+        self.rejected: Counter = Counter()
+        self.dropped_sends = 0
+        self.sock = self.context.socket(zmq.ROUTER)
+        try:
+            self.options.apply(self.sock)
+            # ZeroMQ itself drops anything far beyond the codec limit (and disconnects the peer)
+            self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.options.max_message_bytes)
+            if curve:
+                if key_dir is None:
+                    raise keys.KeyFileError(
+                        "CURVE is on but no key directory was given (create one with "
+                        "`daydream keys --out DIR` and set transport.key_dir)"
+                    )
+                key_dir = Path(key_dir)
+                _, secret = keys.load_keypair(key_dir / f"{keys.SERVER_NAME}.key_secret")
+                self._auth = keys.start_authenticator(self.context, key_dir / keys.ALLOWED_DIR)
+                keys.make_curve_server(self.sock, secret)
+            self.sock.bind(bind)
+        except BaseException:
+            self.close()
+            raise
+        self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @classmethod
+    def from_config(
+        cls, config, bind: str | None = None, logdir: str | Path | None = None, **kwargs
+    ) -> TransportServer:
+        return cls(
+            bind or config.gateway.bind,
+            curve=bool(config.transport.curve),
+            key_dir=key_dir_from_config(config, logdir),
+            options=TransportOptions.from_config(config),
+            **kwargs,
+        )
+
+    def recv(self, timeout_ms: int = 0, max_messages: int = 256) -> list[tuple[bytes, dict]]:
+        """Decoded messages ``(peer, msg)`` that arrive within ``timeout_ms`` (at most max)."""
+        out: list[tuple[bytes, dict]] = []
+        if not self.sock.poll(timeout_ms, zmq.POLLIN):
+            return out
+        while len(out) < max_messages:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            peer = frames[0].bytes
+            if len(frames) != 2:
+                self._reject(peer, CodecError("malformed", f"{len(frames) - 1} frames, expected 1"))
+                continue
+            try:
+                out.append((peer, decode(frames[1].buffer, self.options.max_message_bytes)))
+            except CodecError as e:
+                self._reject(peer, e)
+        return out
+
+    def _reject(self, peer: bytes, error: CodecError) -> None:
+        self.rejected[error.reason] += 1
+        self.send(peer, {"type": "error", "reason": error.reason})
+
+    def send(self, peer: bytes, msg: dict | bytes) -> bool:
+        """Send to one peer without blocking; False (and counted) if it cannot be queued."""
+        data = msg if isinstance(msg, bytes) else encode(msg)
+        try:
+            self.sock.send_multipart([peer, data], zmq.NOBLOCK, copy=len(data) < 65536)
+            return True
+        except zmq.Again:
+            self.dropped_sends += 1
+            return False
+        except zmq.ZMQError as e:  # EHOSTUNREACH for a peer that has gone
+            self.dropped_sends += 1
+            log.debug("send to %r failed: %s", peer, e)
+            return False
+
+    def close(self) -> None:
+        if self.sock is not None and not self.sock.closed:
+            self.sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_context:
+            self.context.term()
+            self._own_context = False
+
+    def __enter__(self) -> TransportServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TransportClient:
+    """Owns a robot's DEALER socket to the gateway. Every method returns without waiting.
+
+    >>> client = TransportClient("tcp://ws:5555", "robot-0", key_file=..., server_key_file=...)
+    >>> client.send_chunk(seq, chunk)      # False: not queued now, keep it and retry later
+    >>> for msg in client.poll():          # ack / nack / weights_info / weights / error
+    ...     ...
+    >>> client.request_weights(have_version)
+    """
+
+    def __init__(
+        self,
+        address: str,
+        actor_id: str,
+        *,
+        curve: bool = True,
+        key_file: str | Path | None = None,
+        server_key_file: str | Path | None = None,
+        options: TransportOptions | None = None,
+        context: zmq.Context | None = None,
+    ):
+        self.actor_id = str(actor_id)
+        self.address = address
+        self.options = options or TransportOptions()
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.rejected: Counter = Counter()
+        self.sock = self.context.socket(zmq.DEALER)
+        try:
+            self.options.apply(self.sock)
+            self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing into a link that is not up
+            if curve:
+                if key_file is None or server_key_file is None:
+                    raise keys.KeyFileError(
+                        "CURVE is on: give this robot's NAME.key_secret and the gateway's "
+                        "gateway.key (from `daydream keys --out DIR`)"
+                    )
+                public, secret = keys.load_keypair(key_file)
+                server_public, _ = keys.load_keypair(server_key_file)
+                keys.make_curve_client(self.sock, public, secret, server_public)
+            self.sock.connect(address)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def from_config(
+        cls, config, address: str, actor_id: str, logdir: str | Path | None = None, **kwargs
+    ) -> TransportClient:
+        key_dir = key_dir_from_config(config, logdir)
+        return cls(
+            address,
+            actor_id,
+            curve=bool(config.transport.curve),
+            key_file=key_dir / f"{config.transport.client_key}.key_secret",
+            server_key_file=key_dir / f"{keys.SERVER_NAME}.key",
+            options=TransportOptions.from_config(config),
+            **kwargs,
+        )
+
+    def send(self, msg: dict | bytes) -> bool:
+        """Queue one message (dict or pre-encoded bytes); False if ZeroMQ would block."""
+        data = msg if isinstance(msg, bytes) else encode(msg, self.options.max_message_bytes)
+        try:
+            self.sock.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
+            return True
+        except zmq.Again:
+            return False
+
+    def encode_chunk(self, seq: int, chunk: dict[str, np.ndarray]) -> bytes:
+        """The wire bytes of a chunk message (the outbox keeps these to resend)."""
+        return encode(
+            {"type": "chunk", "actor": self.actor_id, "seq": int(seq), "data": chunk},
+            self.options.max_message_bytes,
+        )
+
+    def send_chunk(self, seq: int, chunk: dict[str, np.ndarray]) -> bool:
+        return self.send(self.encode_chunk(seq, chunk))
+
+    def hello(self) -> bool:
+        return self.send({"type": "hello", "actor": self.actor_id})
+
+    def heartbeat(self) -> bool:
+        return self.send({"type": "heartbeat", "actor": self.actor_id})
+
+    def request_weights(self, version: int) -> bool:
+        """Ask for weights newer than ``version`` (-1: none held yet)."""
+        return self.send({"type": "weights_request", "actor": self.actor_id, "version": version})
+
+    def poll(self, timeout_ms: int = 0, max_messages: int = 256) -> list[dict]:
+        """Messages from the gateway that arrive within ``timeout_ms`` (0: only those queued)."""
+        out: list[dict] = []
+        if not self.sock.poll(timeout_ms, zmq.POLLIN):
+            return out
+        while len(out) < max_messages:
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                out.append(decode(frame.buffer, self.options.max_weights_bytes))
+            except CodecError as e:
+                self.rejected[e.reason] += 1
+                log.warning("dropped a bad message from the gateway (%s)", e)
+        return out
+
+    def close(self) -> None:
+        if self.sock is not None and not self.sock.closed:
+            self.sock.close(linger=0)
+        if self._own_context:
+            self.context.term()
+            self._own_context = False
+
+    def __enter__(self) -> TransportClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
