@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import zmq
 
 import robots
 from daydream.agent import Agent, PolicyWeights
@@ -71,6 +72,8 @@ class PolicySlots:
         self.version = -1  # version of the weights acting now (-1: random policy)
         self._ready_version = -1
         self.swaps = 0
+        self.staged_at: dict[int, float] = {}  # version -> time.monotonic() when ready
+        self.swapped_at: dict[int, float] = {}  # version -> time.monotonic() when acting
 
     def stage(self, weights: PolicyWeights) -> None:
         """Load ``weights`` into a copy that is not acting; it acts from the next tick on."""
@@ -85,6 +88,7 @@ class PolicySlots:
             raise
         with self._lock:
             self._ready, self._ready_version = target, int(weights.version)
+            self.staged_at[int(weights.version)] = time.monotonic()
 
     def current(self) -> tuple[Agent | None, bool]:
         """The copy to act with now, and whether it was just swapped in (reset its state?)."""
@@ -96,6 +100,7 @@ class PolicySlots:
             self._active, self._ready = self._ready, None
             self.version = self._ready_version
             self.swaps += 1
+            self.swapped_at[self.version] = time.monotonic()
             return self._active, True
 
 
@@ -131,7 +136,15 @@ class Link:
         self.gateway_version = -1
         self.connected_at: float | None = None
         self._requested: tuple[int, float] = (-2, 0.0)
+        # Decoding a weights message holds the GIL for tens of ms (msgpack copies the
+        # arrays): when the loop is paced, messages are decoded right after a tick ends.
+        self._idle = threading.Event()
+        self.gate_timeout = 0.0  # seconds to wait for a tick's end; 0: do not wait
         self._thread = threading.Thread(target=self._run, name="daydream-link", daemon=True)
+
+    def tick_done(self) -> None:
+        """The control loop finished a tick's work: decoding may run in its idle time now."""
+        self._idle.set()
 
     def start(self) -> Link:
         self._thread.start()
@@ -173,12 +186,21 @@ class Link:
                 if now - last_heartbeat >= float(self.acfg.heartbeat_every):
                     last_heartbeat = now
                     self._heartbeat()
-                for msg in self.client.poll(timeout_ms=poll_ms):
+                for msg in self._poll(poll_ms):
                     self._handle(msg)
         except Exception:  # noqa: BLE001 - the control loop must go on; say why the link died
             log.exception("actor: the network thread failed; experience is no longer sent")
         finally:
             self.client.close()
+
+    def _poll(self, poll_ms: int) -> list[dict]:
+        if self.gate_timeout <= 0 or self._stop.is_set():
+            return self.client.poll(timeout_ms=poll_ms)
+        if not self.client.sock.poll(poll_ms, zmq.POLLIN):
+            return []
+        self._idle.clear()
+        self._idle.wait(self.gate_timeout)  # until the control loop's next tick is done
+        return self.client.poll(timeout_ms=0)
 
     def _take_chunks(self) -> None:
         while True:
@@ -280,13 +302,14 @@ class Actor:
         self.link = Link(config, address, actor_id, self.directory, self.slots)
         self.chunks = ChunkBuilder(int(self.acfg.chunk_length))
         self.period = float(self.acfg.period) or float(self.robot.control_period or 0.0)
+        self.link.gate_timeout = 2.0 * self.period
         self.mode = str(self.acfg.policy_mode)
         self._stop = threading.Event()
         self.steps = 0  # executed actions
         self.records = 0  # steps recorded into chunks (executed ones + episode ends)
         self.episodes = 0
-        self.tick_times: deque = deque(maxlen=10000)  # seconds of work per tick
-        self.tick_starts: deque = deque(maxlen=10000)
+        self.tick_starts: deque = deque(maxlen=100000)  # perf_counter() at every tick
+        self.tick_times: deque = deque(maxlen=100000)  # (start, seconds of work) per acting tick
         self.swap_ticks: list[int] = []  # tick indices at which weights were swapped in
         self._episode = {"return": 0.0, "length": 0}
         self._last_status = 0.0
@@ -352,7 +375,7 @@ class Actor:
                 action = {"action": self.act_space.sample(self.rng)}
             else:
                 action, state = agent.policy(obs, state, mode=self.mode)
-            next_obs, executed, intervention = self.sup.step(action)
+            next_obs, executed, intervention = self.sup.step(self._command(action))
             if executed is None:  # stopped: nothing was sent; next_obs is obs marked last
                 self._record(next_obs, None, False)
                 self._end_episode()
@@ -362,9 +385,18 @@ class Actor:
             obs = next_obs
             self._episode["return"] += float(obs["reward"])
             self._episode["length"] += 1
-            self.tick_times.append(time.perf_counter() - t0)
+            self.tick_times.append((t0, time.perf_counter() - t0))
+            self.link.tick_done()
             self._maybe_status()
             self._sleep_out(t0)
+
+    def _command(self, action: dict) -> dict:
+        """Discrete actions as an exact one-hot (a straight-through sample is only nearly one)."""
+        if not self.act_space.discrete:
+            return action
+        one_hot = np.zeros(self.act_space.shape, self.act_space.dtype)
+        one_hot[int(np.argmax(action["action"]))] = 1
+        return {"action": one_hot}
 
     def _record(self, obs: dict, action: np.ndarray | None, intervention: bool) -> None:
         if action is None:
@@ -416,7 +448,7 @@ class Actor:
         return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
 
     def status(self, outbox: dict | None = None) -> dict[str, Any]:
-        ticks = np.asarray(self.tick_times, np.float64)
+        ticks = np.asarray([d for _, d in list(self.tick_times)[-10000:]], np.float64)
         return {
             "actor": self.actor_id,
             "time": time.time(),
