@@ -38,7 +38,7 @@ from daydream.transport import TransportOptions, TransportServer, key_dir_from_c
 
 log = logging.getLogger(__name__)
 
-MAX_IN_FLIGHT = 4  # replay batches awaiting an answer
+MAX_IN_FLIGHT = 2  # replay batches awaiting an answer (one writing, one queued)
 PEER_TIMEOUT_S = 60.0  # robots not heard from for this long get no weight announcements
 MAX_REPORTS = 4096  # heartbeat reports kept until the learner pops them
 MAX_REPORTED_EPISODES = 64  # episodes read from one heartbeat
@@ -76,6 +76,7 @@ class Gateway:
         self._peers: dict[bytes, float] = {}
         self._reports: deque = deque(maxlen=MAX_REPORTS)  # heartbeat reports for the learner
         self._in_flight: list = []  # (ref, [(peer, actor, seq)])
+        self._pending: list = []  # chunks received, not yet handed to the replay
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -155,7 +156,7 @@ class Gateway:
 
     def step(self, timeout_ms: int = 0) -> None:
         """One round: receive, hand chunks to the replay, send acks and weights."""
-        if self._in_flight:
+        if self._in_flight or self._pending:
             timeout_ms = min(timeout_ms, 1)
         messages = self.server.recv(timeout_ms, max_messages=4 * self.max_batch)
         now = time.monotonic()
@@ -173,9 +174,15 @@ class Gateway:
             else:
                 self.server.rejected["unexpected_type"] += 1
                 self.server.send(peer, {"type": "error", "reason": "unexpected_type"})
-        for i in range(0, len(batch), self.max_batch):
-            self._submit(batch[i : i + self.max_batch])
-        self._collect(block=len(self._in_flight) >= MAX_IN_FLIGHT)
+        self._pending.extend(batch)
+        self._collect(block=False)
+        # While the replay is busy, chunks accumulate here and go as one bigger batch (one
+        # disk commit) when a slot frees up.
+        while self._pending and len(self._in_flight) < MAX_IN_FLIGHT:
+            self._submit(self._pending[: self.max_batch])
+            del self._pending[: self.max_batch]
+        if len(self._pending) >= 4 * self.max_batch:  # too far behind: wait for the replay
+            self._collect(block=True, timeout=1.0)
         if self._announce:
             self._announce_weights(now)
 
@@ -270,7 +277,10 @@ class Gateway:
 
     def _drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while self._in_flight and time.monotonic() < deadline:
+        while (self._in_flight or self._pending) and time.monotonic() < deadline:
+            while self._pending and len(self._in_flight) < MAX_IN_FLIGHT:
+                self._submit(self._pending[: self.max_batch])
+                del self._pending[: self.max_batch]
             self._collect(block=True, timeout=max(0.0, deadline - time.monotonic()))
 
     def _acknowledge(self, meta: list[tuple[bytes, str, int]], results: list) -> None:

@@ -15,9 +15,11 @@ there; short episodes are never dropped), but never a gap in sequence numbers.
   ``1 / (age_rank + 1) ** recency`` where age_rank 0 is the newest chunk).
 - Capacity is counted in steps; the oldest chunks (in insertion order) are evicted whole.
 - ``(stream, seq)`` identifies a chunk; adding one that is held is a no-op returning False.
-- With a ``directory`` every chunk is written to its own file (temp name, fsync, rename,
-  fsync of the directory) before ``add`` returns, and the directory is reloaded on start.
-  Files are our own raw format with a CRC32 trailer, never pickle.
+- With a ``directory`` every call to ``add`` / ``add_batch`` writes one file holding its
+  chunks (temp name, fsync, rename, fsync of the directory: one group commit per batch)
+  before it returns, and the directory is reloaded on start. A file is deleted once all its
+  chunks are evicted. Records are our own raw format, each with a CRC32 trailer, never
+  pickle; a torn or corrupt record ends the reading of its file (the records before it count).
 
 This module is a plain class (no Ray, no torch): ``replay_actor.py`` wraps it for Ray.
 """
@@ -68,29 +70,34 @@ def _encode_chunk_file(stream: str, seq: int, index: int, chunk: dict[str, np.nd
     return parts
 
 
-def _decode_chunk_file(data: bytes) -> tuple[str, int, int, dict[str, np.ndarray]]:
-    """Parse one chunk file; raises ValueError on anything torn, corrupt or unexpected."""
-    if len(data) < len(_MAGIC) + 8 or data[: len(_MAGIC)] != _MAGIC:
+def _decode_chunk_record(data: bytes, start: int) -> tuple[str, int, int, dict, int]:
+    """Parse the record at ``start``; returns (stream, seq, index, chunk, end offset).
+
+    Raises ValueError on anything torn, corrupt or unexpected."""
+    pos = start + len(_MAGIC)
+    if len(data) < pos + 8 or data[start:pos] != _MAGIC:
         raise ValueError("bad magic or too short")
-    (crc,) = struct.unpack("<I", data[-4:])
-    if zlib.crc32(data[:-4]) != crc:
-        raise ValueError("checksum mismatch (torn or corrupt file)")
-    pos = len(_MAGIC)
-    (head_len,) = struct.unpack("<I", data[pos : pos + 4])
+    (head_len,) = struct.unpack_from("<I", data, pos)
     pos += 4
     header = json.loads(data[pos : pos + head_len])
     pos += head_len
-    chunk = {}
+    arrays = []
     for name, dtype_str, shape, nbytes in header["arrays"]:
         dtype = np.dtype(dtype_str)
-        if dtype.hasobject:
-            raise ValueError(f"object dtype in array {name!r}")
-        arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=pos)
-        chunk[name] = arr.reshape(shape).copy()
+        if dtype.hasobject or int(np.prod(shape)) * dtype.itemsize != nbytes:
+            raise ValueError(f"bad array header {name!r}")
+        arrays.append((name, dtype, shape, pos))
         pos += nbytes
-    if pos != len(data) - 4:
-        raise ValueError("length mismatch")
-    return str(header["stream"]), int(header["seq"]), int(header["index"]), chunk
+    if pos + 4 > len(data):
+        raise ValueError("record runs past the end of the file (torn)")
+    (crc,) = struct.unpack_from("<I", data, pos)
+    if zlib.crc32(memoryview(data)[start:pos]) != crc:
+        raise ValueError("checksum mismatch (torn or corrupt record)")
+    chunk = {
+        name: np.frombuffer(data, dtype, int(np.prod(shape)), off).reshape(shape).copy()
+        for name, dtype, shape, off in arrays
+    }
+    return str(header["stream"]), int(header["seq"]), int(header["index"]), chunk, pos + 4
 
 
 # ---------------------------------------------------------------- segments
@@ -167,7 +174,9 @@ class Replay:
         self.directory = Path(directory) if directory is not None else None
         self._rng = np.random.default_rng(seed)
         self._chunks: dict[Key, dict[str, np.ndarray]] = {}
-        self._index: dict[Key, int] = {}  # insertion index (also the file name)
+        self._index: dict[Key, int] = {}  # insertion index (global, increasing)
+        self._file_of: dict[Key, int] = {}  # chunk -> id of the file holding it
+        self._file_refs: dict[int, int] = {}  # file id -> chunks still held from it
         self._order: deque[Key] = deque()  # insertion order, oldest first
         self._segments: dict[str, list[_Segment]] = {}  # per stream, sorted by seq
         self._spec: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
@@ -200,21 +209,46 @@ class Replay:
 
         With a directory, the chunk is on disk (fsynced) when this returns True.
         """
-        stream, seq = str(stream), int(seq)
-        key = (stream, seq)
-        if key in self._chunks:
-            self._counts["duplicates"] += 1
-            return False
-        chunk = {k: np.asarray(v) for k, v in chunk.items()}
-        length = chunk_length(chunk)
-        self._check_spec(chunk)
-        index = self._next_index
+        result = self.add_batch([(stream, seq, chunk)], raise_errors=True)[0]
+        return bool(result)
+
+    def add_batch(
+        self, items: list[tuple[str, int, dict[str, np.ndarray]]], raise_errors: bool = False
+    ) -> list[bool | str]:
+        """Add several chunks with one disk commit; per item True (added), False (duplicate),
+        or the error message of a chunk that was refused (raised instead if raise_errors)."""
+        results: list[bool | str] = []
+        accepted: list[tuple[Key, dict[str, np.ndarray], int]] = []
+        batch_keys: set[Key] = set()
+        for stream, seq, chunk in items:
+            key = (str(stream), int(seq))
+            if key in self._chunks or key in batch_keys:
+                self._counts["duplicates"] += 1
+                results.append(False)
+                continue
+            try:
+                chunk = {k: _owned(v) for k, v in chunk.items()}
+                length = chunk_length(chunk)
+                self._check_spec(chunk)
+            except ValueError as e:
+                if raise_errors:
+                    raise
+                results.append(str(e))
+                continue
+            batch_keys.add(key)
+            accepted.append((key, chunk, length))
+            results.append(True)
+        if not accepted:
+            return results
+        first = self._next_index
+        file_id = first if self.directory is not None else -1
         if self.directory is not None:
-            self._write(stream, seq, index, chunk)
-        self._insert(key, index, chunk, length)
-        self._counts["added"] += 1
+            self._write(file_id, [(k, first + i, c) for i, (k, c, _) in enumerate(accepted)])
+        for i, (key, chunk, length) in enumerate(accepted):
+            self._insert(key, first + i, chunk, length, file_id)
+            self._counts["added"] += 1
         self._evict()
-        return True
+        return results
 
     def ready(self, length: int) -> bool:
         """True when at least one sequence of ``length`` steps can be sampled."""
@@ -303,10 +337,15 @@ class Replay:
                 "action spaces"
             )
 
-    def _insert(self, key: Key, index: int, chunk: dict[str, np.ndarray], length: int) -> None:
+    def _insert(
+        self, key: Key, index: int, chunk: dict[str, np.ndarray], length: int, file_id: int
+    ) -> None:
         stream, seq = key
         self._chunks[key] = chunk
         self._index[key] = index
+        if file_id >= 0:
+            self._file_of[key] = file_id
+            self._file_refs[file_id] = self._file_refs.get(file_id, 0) + 1
         self._order.append(key)
         self._next_index = max(self._next_index, index + 1)
         self._num_steps += length
@@ -337,7 +376,7 @@ class Replay:
             key = self._order.popleft()
             stream, seq = key
             chunk = self._chunks.pop(key)
-            index = self._index.pop(key)
+            self._index.pop(key)
             self._num_steps -= chunk_length(chunk)
             self._counts["evicted"] += 1
             segs = self._segments[stream]
@@ -349,19 +388,25 @@ class Replay:
                         del self._segments[stream]
             else:
                 self._rebuild_segments(stream)
-            if self.directory is not None:
-                (self.directory / f"{index:012d}{_SUFFIX}").unlink(missing_ok=True)
+            file_id = self._file_of.pop(key, -1)
+            if file_id >= 0:
+                self._file_refs[file_id] -= 1
+                if self._file_refs[file_id] == 0:
+                    del self._file_refs[file_id]
+                    assert self.directory is not None
+                    (self.directory / f"{file_id:012d}{_SUFFIX}").unlink(missing_ok=True)
 
-    def _write(self, stream: str, seq: int, index: int, chunk: dict[str, np.ndarray]) -> None:
+    def _write(self, file_id: int, records: list[tuple[Key, int, dict[str, np.ndarray]]]) -> None:
         assert self.directory is not None
-        final = self.directory / f"{index:012d}{_SUFFIX}"
-        tmp = self.directory / f".{index:012d}{_SUFFIX}{_TMP_SUFFIX}"
+        final = self.directory / f"{file_id:012d}{_SUFFIX}"
+        tmp = self.directory / f".{file_id:012d}{_SUFFIX}{_TMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            for part in _encode_chunk_file(stream, seq, index, chunk):
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
+            for (stream, seq), index, chunk in records:
+                for part in _encode_chunk_file(stream, seq, index, chunk):
+                    view = memoryview(part)
+                    while view:
+                        view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -378,31 +423,52 @@ class Replay:
             tmp.unlink(missing_ok=True)  # a write that never reached its rename
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
             try:
-                stream, seq, index, chunk = _decode_chunk_file(path.read_bytes())
-                if path.name != f"{index:012d}{_SUFFIX}":
-                    raise ValueError("file name does not match its index")
-                length = chunk_length(chunk)
-                self._check_spec(chunk)
-            except (ValueError, KeyError, TypeError, struct.error) as e:
+                file_id = int(path.stem)
+                data = path.read_bytes()
+            except (ValueError, OSError) as e:
+                log.warning("replay: skipping %s (%s)", path, e)
+                continue
+            pos, loaded, broken = 0, 0, not data
+            if broken:
                 self._counts["corrupt"] += 1
-                log.warning(
-                    "replay: ignoring unreadable chunk file %s (%s); renamed to *.corrupt", path, e
-                )
-                path.rename(path.with_name(path.name + ".corrupt"))
-                continue
-            if (stream, seq) in self._chunks:
-                path.unlink()
-                continue
-            self._insert((stream, seq), index, chunk, length)
-            self._counts["reloaded"] += 1
+                log.warning("replay: %s is empty; ignored", path)
+            while pos < len(data):
+                try:
+                    stream, seq, index, chunk, pos = _decode_chunk_record(data, pos)
+                    length = chunk_length(chunk)
+                    self._check_spec(chunk)
+                except (ValueError, KeyError, TypeError, struct.error) as e:
+                    self._counts["corrupt"] += 1
+                    log.warning(
+                        "replay: %s is torn or corrupt after %d chunks (%s); the rest of the "
+                        "file is ignored", path, loaded, e
+                    )  # fmt: skip
+                    broken = True
+                    break
+                if (stream, seq) in self._chunks:
+                    continue
+                self._insert((stream, seq), index, chunk, length, file_id)
+                self._counts["reloaded"] += 1
+                loaded += 1
+            if not loaded and broken:
+                path.rename(path.with_name(path.name + ".corrupt"))  # kept for a person to look at
+            elif not loaded:
+                path.unlink()  # only duplicates of chunks held elsewhere
+            self._next_index = max(self._next_index, file_id + 1)
         self._evict()
         if self._chunks:
             log.info(
                 "replay: reloaded %d chunks (%d steps) from %s",
-                len(self._chunks),
-                self._num_steps,
-                self.directory,
-            )
+                len(self._chunks), self._num_steps, self.directory,
+            )  # fmt: skip
+
+
+def _owned(value) -> np.ndarray:
+    """An array the replay may keep: views of network or object-store buffers are copied."""
+    arr = np.asarray(value)
+    if not arr.flags.writeable or not arr.flags.c_contiguous or arr.base is not None:
+        arr = np.array(arr, copy=True, order="C")
+    return arr
 
 
 def _fmt(spec: dict) -> str:

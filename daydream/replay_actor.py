@@ -83,19 +83,15 @@ class ReplayService:
             return added
 
     def add_batch(self, items: list[tuple[str, int, dict[str, np.ndarray]]]) -> list:
-        """Add several chunks; per item True (added), False (duplicate) or an error string."""
-        results: list = []
+        """Add several chunks with one disk commit; per item True (added), False (duplicate)
+        or an error string (refused: wrong keys, shapes or dtypes)."""
         with self._cond:
-            for stream, seq, chunk in items:
-                try:
-                    added = self._replay.add(stream, seq, chunk)
-                except ValueError as e:
-                    self._rejected += 1
-                    results.append(str(e))
-                    continue
-                if added:
+            results = self._replay.add_batch(items)  # one disk commit for the whole batch
+            for (_, _, chunk), result in zip(items, results, strict=True):
+                if result is True:
                     self._limiter.inserted += len(next(iter(chunk.values())))
-                results.append(added)
+                elif result is not False:
+                    self._rejected += 1
             self._cond.notify_all()
         return results
 

@@ -162,6 +162,36 @@ def test_torn_and_corrupt_files_are_ignored_on_reload(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
     assert again.add("a", 2, make_chunk(0, 2))  # the torn chunk can be resent
     assert Replay(capacity=100, directory=tmp_path).num_steps == 8
+    assert len(list(tmp_path.glob("*.corrupt"))) == 3  # set aside, not deleted
+
+
+def test_a_batch_is_one_commit_and_its_file_goes_when_all_its_chunks_are_evicted(tmp_path):
+    replay = Replay(capacity=24, directory=tmp_path)
+    results = replay.add_batch(
+        [("a", 0, make_chunk(0, 0)), ("a", 1, make_chunk(0, 1)), ("a", 1, make_chunk(0, 1))]
+        + [("a", 2, {"step": np.zeros(4)})]  # wrong keys: refused, the rest still stored
+    )
+    assert results[:3] == [True, True, False] and "differ" in results[3]
+    assert len(list(tmp_path.glob("*.chunk"))) == 1
+    replay.add_batch([("a", s, make_chunk(0, s)) for s in range(2, 6)])
+    assert len(list(tmp_path.glob("*.chunk"))) == 2  # 16 steps: nothing evicted yet
+    replay.add("a", 6, make_chunk(0, 6))  # 28 > 24: chunk 0 goes, its file still holds 1
+    assert len(list(tmp_path.glob("*.chunk"))) == 3
+    assert (tmp_path / "000000000000.chunk").exists()
+    replay.add("a", 7, make_chunk(0, 7))  # chunk 1 goes too: the first file is deleted
+    assert not (tmp_path / "000000000000.chunk").exists()
+    assert len(list(tmp_path.glob("*.chunk"))) == 3
+    assert sorted(Replay(capacity=24, directory=tmp_path).keys()) == sorted(replay.keys())
+
+
+def test_a_torn_record_inside_a_batch_file_keeps_the_records_before_it(tmp_path):
+    replay = Replay(capacity=100, directory=tmp_path)
+    replay.add_batch([("a", s, make_chunk(0, s)) for s in range(3)])
+    (path,) = tmp_path.glob("*.chunk")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 50])  # the last record is cut short
+    again = Replay(capacity=100, directory=tmp_path)
+    assert sorted(again.keys()) == [("a", 0), ("a", 1)] and again.stats()["corrupt"] == 1
 
 
 def test_recency_favours_recent_chunks():
