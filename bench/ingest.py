@@ -164,7 +164,7 @@ def bench_daydream(args, steps: int, seconds: float, warmup: float) -> tuple[flo
         directory=None if args.no_disk else str(tmp / "replay"),
     )
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    gw_kwargs = dict(curve=key_dir is not None, key_dir=key_dir, max_batch=16, poll_ms=20)
+    gw_kwargs = dict(curve=key_dir is not None, key_dir=key_dir, max_batch=32, poll_ms=20)
     if args.gateway == "ray":
         gateway = make_gateway_actor().remote(replay, endpoint, **gw_kwargs)
         ray.get(gateway.start.remote())
@@ -208,7 +208,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--chunk", type=int, default=32, help="steps per chunk")
-    parser.add_argument("--gateway", choices=["thread", "ray"], default="thread")
+    parser.add_argument("--gateway", choices=["thread", "ray"], default="ray")
     parser.add_argument("--no-curve", action="store_true", help="plain TCP, no CURVE")
     parser.add_argument("--no-disk", action="store_true", help="replay in memory, no fsync")
     args = parser.parse_args()
@@ -223,7 +223,8 @@ def main() -> int:
     raw = bench_raw(args.actors, args.chunk, args.seconds, args.warmup)
     print(f"raw pyzmq PUSH/PULL : {raw:10,.0f} transitions/s  ({raw * step_bytes / 1e6:,.0f} MB/s)")
     rate, stats = bench_daydream(args, args.chunk, args.seconds, args.warmup)
-    print(f"daydream -> replay  : {rate:10,.0f} transitions/s  ({rate * step_bytes / 1e6:,.0f} MB/s)")
+    mbs = rate * step_bytes / 1e6
+    print(f"daydream -> replay  : {rate:10,.0f} transitions/s  ({mbs:,.0f} MB/s)")
     print(f"ratio               : {rate / raw:10.2f} of raw (target >= 0.5, and > 5,000/s)")
     keep = ("chunks_received", "chunks_added", "chunks_duplicate", "acks_sent", "replay_errors")
     print("gateway/replay      :", {k: stats[k] for k in keep if k in stats},
