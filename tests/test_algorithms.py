@@ -100,6 +100,13 @@ def test_straight_through_sample_is_one_hot_and_passes_gradients():
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
+def test_categorical_samples_follow_the_probabilities():
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    dist = OneHotST(probs.log().expand(100_000, 4))
+    frequencies = dist.sample().detach().mean(0)
+    torch.testing.assert_close(frequencies, probs, atol=0.01, rtol=0)
+
+
 def test_unimix_bounds_the_smallest_probability():
     logits = torch.tensor([[50.0, -50.0, -50.0, -50.0]])
     assert OneHotST(logits, unimix=0.0).probs.min() < 1e-20
