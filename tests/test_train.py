@@ -79,3 +79,30 @@ def test_observation_that_does_not_match_its_space_is_rejected_with_details():
     obs["image"] = np.zeros((64, 64, 3), np.float32)
     with pytest.raises(ObservationError, match=r"'image'.*float32.*uint8"):
         validate(obs, spaces)
+
+
+@pytest.mark.parametrize("algo", ["dreamer", "dreamerv2"])
+def test_train_runs_on_images_with_discrete_actions(tmp_path, algo):
+    logdir = tmp_path / algo
+    result = _train(logdir, 150, "gym.env=CartPole-v1", "gym.obs=image", "gym.image_size=[32,32]",
+                    "model.encoder.cnn_depth=4", "model.decoder.cnn_depth=4", f"algo={algo}",
+                    "gym.time_limit=30")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = _lines(logdir)
+    assert any("wm/image_loss" in line for line in lines)
+    assert any("episode_return" in line for line in lines)
+
+
+@pytest.mark.parametrize("task", ["sim_ur5_pick", "sim_ur5_reach", "sim_quadruped"])
+def test_train_runs_on_each_simulated_robot(tmp_path, task):
+    logdir = tmp_path / task
+    cmd = [sys.executable, "-m", "daydream", "train", "--config", f"configs/{task}.yaml",
+           "--steps", "200", "--logdir", str(logdir), "--set",
+           *[o for o in TINY if not o.startswith("gym.")],
+           "model.encoder.cnn_depth=4", "model.decoder.cnn_depth=4"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = _lines(logdir)
+    assert max(line["step"] for line in lines) == 200
+    assert any("wm/loss" in line for line in lines)
+    assert (logdir / "checkpoint.pt").is_file()
