@@ -258,6 +258,9 @@ class Link:
         version = int(msg["version"])
         if version <= self._have():
             return
+        if self.gate_timeout > 0 and not self._stop.is_set():
+            self._idle.clear()
+            self._idle.wait(self.gate_timeout)  # load in the idle time after the next tick too
         try:
             self.slots.stage(PolicyWeights(version, msg["params"]))
             self.weights_received += 1

@@ -93,6 +93,11 @@ def metrics(logdir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def checkpointed_updates(logdir: Path) -> int:
+    path = logdir / "checkpoint.pt"
+    return torch.load(path, weights_only=True)["agent"]["updates"] if path.exists() else -1
+
+
 def stored_chunks(directory: Path) -> tuple[dict[str, list[int]], int]:
     """Sequence numbers of the chunks in a replay directory per stream, and the step count."""
     from daydream.replay import Replay
@@ -175,8 +180,8 @@ def test_learner_sigkill_restart_resumes_while_the_actor_keeps_its_tick_rate(tmp
         logs = (llog1, alog)
         first = wait_for(
             lambda: (status(logdir, "arm").get("policy_version", -1) > 0
-                     and (logdir / "checkpoint.pt").exists() and status(logdir, "arm")),
-            90, "the actor acting with learned weights and a checkpoint", logs,
+                     and checkpointed_updates(logdir) > 0 and status(logdir, "arm")),
+            90, "the actor acting with learned weights and a checkpoint of them", logs,
         )  # fmt: skip
         before_kill = status(logdir, "arm")
         kill(learner, signal.SIGKILL)
