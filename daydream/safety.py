@@ -58,10 +58,13 @@ How the actor uses it::
 from __future__ import annotations
 
 import collections
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,7 +100,9 @@ class SafetySupervisor:
     ``reset`` and ``step`` from the one control thread.
     """
 
-    def __init__(self, robot: Robot, config: Mapping[str, Any]) -> None:
+    def __init__(
+        self, robot: Robot, config: Mapping[str, Any], latch_file: str | Path | None = None
+    ) -> None:
         missing = [k for k in CONFIG_KEYS if k not in config]
         if missing:
             raise KeyError(
@@ -141,6 +146,25 @@ class SafetySupervisor:
             maxlen=int(self.cfg["faults_kept"])
         )
         self.last_notes: list[str] = []
+
+        # A latched stop outlives the process: it is written to ``latch_file`` and a supervisor
+        # that finds the file starts latched, so a restart (crash, service manager) never
+        # releases it. Only reset_stop() by a person removes the file.
+        self.latch_file = Path(latch_file) if latch_file is not None else None
+        if self.latch_file is not None and self.latch_file.exists():
+            try:
+                saved = json.loads(self.latch_file.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            self._stopped = True
+            self._stop_source = str(saved.get("source", "persisted"))
+            self._stop_reason = (
+                f"{saved.get('reason', 'a safety stop')} (latched before this process started; "
+                f"{self.latch_file})"
+            )
+            self._stop_since = float(saved.get("since", time.time()))
+            self._released.clear()
+            log.warning("safety stop still latched from an earlier run: %s", self._stop_reason)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> SafetySupervisor:
@@ -187,6 +211,7 @@ class SafetySupervisor:
                 self._armed = False
                 self._released.clear()
                 log.warning("safety stop latched: %s", self._stop_reason)
+                self._persist_latch()
             self._hard = self._hard or hard
         self._call_robot_stop(hard)
 
@@ -204,9 +229,28 @@ class SafetySupervisor:
             self._stopped = False
             self._hard = False
             self._needs_reset = True
+            if self.latch_file is not None:
+                self.latch_file.unlink(missing_ok=True)
             self._refused_in_row = 0
             self._released.set()
             return True
+
+    def _persist_latch(self) -> None:
+        """Write the latched stop to ``latch_file`` (temp file, fsync, rename)."""
+        if self.latch_file is None:
+            return
+        record = {"source": self._stop_source, "reason": self._stop_reason,
+                  "since": self._stop_since}
+        try:
+            self.latch_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.latch_file.with_name(self.latch_file.name + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.latch_file)
+        except OSError as e:  # the stop itself is latched in memory regardless
+            log.error("could not persist the safety stop to %s: %s", self.latch_file, e)
 
     def wait_released(self, timeout: float | None = None) -> bool:
         """Block until no stop is latched (or ``timeout``); True when released."""

@@ -456,3 +456,26 @@ def test_a_board_timeout_of_the_virtual_quadruped_latches_the_stop():
         robot.companion.board.set_silent(True)  # the board stops answering: serial timeout
         _step_until_stopped(sup)
         assert sup.stopped and "ConnectionLost" in sup.status["reason"]
+
+
+def test_a_latched_stop_survives_a_restart_until_a_person_resets_it(tmp_path):
+    latch = tmp_path / "actor-0" / "SAFETY_STOP"
+    robot = RecordingRobot(continuous())
+    first = SafetySupervisor(robot, safety_config(), latch_file=latch)
+    first.reset()
+    first.request_stop("keyboard", reason="person pressed stop")
+    assert latch.is_file() and "person pressed stop" in latch.read_text()
+    first.close()
+
+    # A new process (crash, service restart) finds the file and starts latched.
+    robot = RecordingRobot(continuous())
+    second = SafetySupervisor(robot, safety_config(), latch_file=latch)
+    assert second.stopped and "person pressed stop" in second.status["reason"]
+    with pytest.raises(SafetyStopped):
+        second.reset()
+    assert robot.commands == []  # nothing reached the robot
+    assert second.reset_stop("operator")
+    assert not latch.exists()
+    second.reset()
+    second.step({"action": np.zeros(2, np.float32)})
+    assert len(robot.commands) == 1
