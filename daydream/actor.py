@@ -44,6 +44,12 @@ from daydream.transport import TransportClient
 
 log = logging.getLogger("daydream.actor")
 
+#: the latched safety stop of an actor, in its directory; only a person's reset removes it
+LATCH_FILENAME = "SAFETY_STOP"
+#: `daydream actor` exits with this status while a safety stop is latched (service managers
+#: must not restart it: deploy/systemd/daydream-actor.service uses RestartPreventExitStatus=3)
+EXIT_SAFETY_STOP = 3
+
 # Decoded weights are read-only views of the received message; torch copies them anyway.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
@@ -327,7 +333,11 @@ class Actor:
     def run(self) -> dict:
         """Act until ``max_steps`` executed steps (0: forever) or ``stop()``."""
         self.robot.connect()
-        self.sup = SafetySupervisor(self.robot, self.config.safety).start()
+        # A stop latched by a person, the watchdog or a fault is persisted here and survives a
+        # restart of this process; only a person's reset (keyboard, `daydream teleop`) clears it.
+        self.sup = SafetySupervisor(
+            self.robot, self.config.safety, latch_file=self.directory / LATCH_FILENAME
+        ).start()
         try:
             self._start_console()
             self.link.start()
@@ -341,17 +351,25 @@ class Actor:
                     continue
                 self._episode_loop(obs)
         finally:
-            self.sup.request_stop("actor exit")
+            # A normal exit halts the robot without latching a stop (a restart may go on acting);
+            # a stop latched before the exit stays latched in its file.
+            self.sup.close()
+            self._halt_robot()
             tail = self.chunks.flush()
             if tail is not None:
                 self.link.send_chunk(tail)
             outbox = self.link.close(float(self.acfg.shutdown_grace))
             if self.console is not None:
                 self.console.close()
-            self.sup.close()
             self.robot.disconnect()
             self._write_status(outbox)
         return self.status(outbox)
+
+    def _halt_robot(self) -> None:
+        try:
+            self.robot.stop()
+        except Exception as e:  # noqa: BLE001 - disconnect still runs; the fault is reported
+            log.error("robot.stop() failed on exit: %s", e)
 
     def _done(self) -> bool:
         return self._stop.is_set() or bool(self.max_steps and self.steps >= self.max_steps)
@@ -378,7 +396,7 @@ class Actor:
                 action = {"action": self.act_space.sample(self.rng)}
             else:
                 action, state = agent.policy(obs, state, mode=self.mode)
-            next_obs, executed, intervention = self.sup.step(self._command(action))
+            next_obs, executed, intervention = self.sup.step(action)
             if executed is None:  # stopped: nothing was sent; next_obs is obs marked last
                 self._record(next_obs, None, False)
                 self._end_episode()
@@ -392,14 +410,6 @@ class Actor:
             self.link.tick_done()
             self._maybe_status()
             self._sleep_out(t0)
-
-    def _command(self, action: dict) -> dict:
-        """Discrete actions as an exact one-hot (a straight-through sample is only nearly one)."""
-        if not self.act_space.discrete:
-            return action
-        one_hot = np.zeros(self.act_space.shape, self.act_space.dtype)
-        one_hot[int(np.argmax(action["action"]))] = 1
-        return {"action": one_hot}
 
     def _record(self, obs: dict, action: np.ndarray | None, intervention: bool) -> None:
         if action is None:
@@ -467,6 +477,7 @@ class Actor:
             "connected": self.link.connected_at is not None,
             "outbox": outbox if outbox is not None else self.link.outbox.stats(),
             "dropped_queue": self.link.dropped,
+            "safety_stopped": bool(self.sup is not None and self.sup.stopped),
         }
 
     def _maybe_status(self) -> None:

@@ -144,6 +144,8 @@ class Agent:
         else:
             raise ValueError(f"policy mode must be explore, eval or random, got {mode!r}")
         action = action.detach()
+        if self.discrete:  # exact one-hot (straight-through samples carry float rounding)
+            action = nn.functional.one_hot(action.argmax(-1), action.shape[-1]).float()
         out = action.cpu().numpy().astype(np.float32)
         return {"action": out[0] if single else out}, (latent, action)
 

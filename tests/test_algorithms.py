@@ -228,6 +228,9 @@ def test_policy_accepts_single_observations_and_batches():
     assert action["action"].shape == (5, 2)
     action, _ = agent.policy(batch, state, mode="random")
     assert np.all(action["action"].sum(-1) == 1)
+    for mode in ("explore", "eval"):  # exactly one-hot: the safety layer refuses anything else
+        action, _ = agent.policy(batch, state, mode=mode)
+        assert set(np.unique(action["action"]).tolist()) == {0.0, 1.0}
 
 
 def test_agent_state_dict_round_trip_restores_training_state():

@@ -288,3 +288,38 @@ def test_runtime_verbs_are_registered_with_help(verb):
         [sys.executable, "-m", "daydream", verb, "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "--config" in out.stdout
+
+
+def test_a_latched_stop_is_persisted_and_a_restarted_actor_starts_stopped(tmp_path):
+    from daydream.actor import LATCH_FILENAME, Actor
+    from daydream.keys import create_keys
+
+    create_keys(tmp_path / "keys", ["actor"])
+    config = _tiny_config(tmp_path, "actor.shutdown_grace=0.2")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    actor = Actor(config, address, "arm", max_steps=10_000)
+    runner = threading.Thread(target=actor.run)
+    runner.start()
+    try:
+        deadline = time.time() + 30
+        while actor.steps < 5 and time.time() < deadline:
+            time.sleep(0.01)
+        actor.sup.request_stop("keyboard", reason="person pressed stop")
+    finally:
+        actor.stop()
+        runner.join(timeout=30)
+    assert actor.status()["safety_stopped"]
+    latch = actor.directory / LATCH_FILENAME
+    assert latch.is_file()
+
+    again = Actor(config, address, "arm", max_steps=10_000)
+    runner = threading.Thread(target=again.run)
+    runner.start()
+    try:
+        time.sleep(1.0)
+        assert again.sup is not None and again.sup.stopped
+        assert again.steps == 0  # nothing was commanded after the restart
+    finally:
+        again.stop()
+        runner.join(timeout=30)
+    assert latch.is_file()  # still latched: only a person's reset removes it

@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     config = build_config(args, "actor")
     actor_id = args.id or socket.gethostname()
 
-    from daydream.actor import Actor
+    from daydream.actor import EXIT_SAFETY_STOP, LATCH_FILENAME, Actor
     from daydream.keys import KeyFileError
 
     try:
@@ -81,4 +81,8 @@ def main(args: argparse.Namespace) -> int:
         f"weights v{status['policy_version']}, {status['outbox']['pending']} chunks unacknowledged",
         flush=True,
     )
+    if status["safety_stopped"]:
+        print(f"actor {actor_id}: the safety stop is latched ({actor.directory / LATCH_FILENAME}); "
+              f"a person must check the robot and reset it", file=sys.stderr)
+        return EXIT_SAFETY_STOP
     return 0
