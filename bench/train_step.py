@@ -3,6 +3,7 @@
     python bench/train_step.py                      # all configurations below
     python bench/train_step.py --only dreamerv2     # one of them
     python bench/train_step.py --threads 2 --updates 5
+    python bench/train_step.py --only dreamer dreaming dreaming-novis dreamer-nce   # + ratios
 
 Each configuration runs in its own process so that its peak memory (max RSS on CPU,
 max allocated on CUDA) is its own. Observations: one 64x64x3 image and a 16-dim
@@ -46,6 +47,21 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "dreamerv2": ("dreamerv2", []),
     "dreamer": ("dreamer", []),
     "dreamerv2-small": ("dreamerv2", SMALL),
+    # reconstruction-free objectives (issue 4), same model sizes as their reconstruction twins;
+    # "-novis" drops the visualisation decoder (trained on detached latents, only for reports)
+    "dreamer-nce": ("dreamer", ["model.repr=nce"]),
+    "dreaming": ("dreaming", []),
+    "dreaming-novis": ("dreaming", ["model.vis_decoder=false"]),
+    "dreamingv2": ("dreamingv2", []),
+    "dreamingv2-novis": ("dreamingv2", ["model.vis_decoder=false"]),
+}
+# reconstruction-free configuration -> the reconstruction one it is timed against
+RATIOS: dict[str, str] = {
+    "dreamer-nce": "dreamer",
+    "dreaming": "dreamer",
+    "dreaming-novis": "dreamer",
+    "dreamingv2": "dreamerv2",
+    "dreamingv2-novis": "dreamerv2",
 }
 
 
@@ -78,13 +94,26 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
     if agent.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for _ in range(updates):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         agent.train(data)
         if agent.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    # the world-model update alone (representation objective + its optimiser step)
+    from daydream.world_model import preprocess, to_torch
+
+    wm_times, wm_cpu_times = [], []
+    for _ in range(updates):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        batch_t = preprocess(to_torch(data, agent.device), agent.wm.images)
+        agent.model_opt.step(agent.wm.loss(batch_t)[0])
+        if agent.device.type == "cuda":
+            torch.cuda.synchronize()
+        wm_times.append(time.perf_counter() - start)
+        wm_cpu_times.append(time.process_time() - cpu_start)
     params = sum(p.numel() for p in agent.wm.parameters()) + sum(
         p.numel() for p in agent.behavior.parameters()
     )
@@ -97,6 +126,10 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
         "device": str(agent.device),
         "threads": threads,
         "sec_per_update": float(np.median(times)),
+        "sec_per_wm_update": float(np.median(wm_times)),
+        # CPU seconds of this process: robust to other processes sharing the cores
+        "cpu_sec_per_update": float(np.median(cpu_times)),
+        "cpu_sec_per_wm_update": float(np.median(wm_cpu_times)),
         "peak_mb": peak_mb,
         "params_m": params / 1e6,
         "batch": f"{batch}x{length}",
@@ -117,7 +150,7 @@ def main() -> None:
         return
     print(
         f"{'config':<18} {'device':<7} {'thr':>3} {'batch':>6} {'params':>8} "
-        f"{'s/update':>9} {'peak MB':>8}"
+        f"{'s/update':>9} {'s/wm upd':>9} {'cpu s/upd':>9} {'cpu s/wm':>9} {'peak MB':>8}"
     )
     results = {}
     for name in args.only:
@@ -144,9 +177,25 @@ def main() -> None:
         results[name] = r
         print(
             f"{name:<18} {r['device']:<7} {r['threads']:>3} {r['batch']:>6} "
-            f"{r['params_m']:>7.2f}M {r['sec_per_update']:>9.3f} {r['peak_mb']:>8.0f}",
+            f"{r['params_m']:>7.2f}M {r['sec_per_update']:>9.3f} {r['sec_per_wm_update']:>9.3f} "
+            f"{r['cpu_sec_per_update']:>9.3f} {r['cpu_sec_per_wm_update']:>9.3f} "
+            f"{r['peak_mb']:>8.0f}",
             flush=True,
         )
+    pairs = [(a, b) for a, b in RATIOS.items() if a in results and b in results]
+    if pairs:
+        # On a CPU shared with other work, wall time is noisy; process CPU time is not (with
+        # one thread it is the work done). On CUDA only wall time means anything.
+        key = "sec" if any(r["device"] != "cpu" for r in results.values()) else "cpu_sec"
+        print(
+            f"\nreconstruction-free / reconstruction, same model size ({key.replace('_', ' ')}):"
+            f"\n{'':<31} {'update':>7} {'wm only':>7}"
+        )
+        for free, recon in pairs:
+            a, b = results[free], results[recon]
+            full = a[f"{key}_per_update"] / b[f"{key}_per_update"]
+            wm = a[f"{key}_per_wm_update"] / b[f"{key}_per_wm_update"]
+            print(f"{free:<18} / {recon:<10} {full:>7.2f} {wm:>7.2f}")
 
 
 if __name__ == "__main__":

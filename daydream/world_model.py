@@ -202,9 +202,10 @@ class WorldModel(nn.Module):
             kl_0 = losses.pop("kl")  # the one-step KL is the k = 0 overshooting term
             losses.update(self._dreaming_losses(post, feat, key_embed, prev_action, data, kl_0))
         if "vis_decoder" in self.heads:
-            for key, dist in self.heads["vis_decoder"](feat.detach()).items():
+            n = cfg.vis_batch or feat.shape[0]  # sequences it trains on (it only draws reports)
+            for key, dist in self.heads["vis_decoder"](feat[:n].detach()).items():
                 scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
-                losses[f"vis_{key}"] = -scale * dist.log_prob(data[key]).mean()
+                losses[f"vis_{key}"] = -scale * dist.log_prob(data[key][:n]).mean()
         reward = MSEDist(self.reward(feat), 0)
         losses["reward"] = -cfg.loss_scales.reward * reward.log_prob(data["reward"]).mean()
         cont = self.cont(feat)
