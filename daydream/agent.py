@@ -50,12 +50,19 @@ class Optimizer:
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.wd)
         self.clip = cfg.clip
 
-    def step(self, loss: torch.Tensor) -> float:
+    def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+
+    def clip_and_step(self) -> float:
+        """Clip this group's gradient norm and step; returns the norm before clipping."""
         norm = nn.utils.clip_grad_norm_(self.params, self.clip)
         self.opt.step()
         return float(norm)
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.zero_grad()
+        loss.backward()
+        return self.clip_and_step()
 
 
 @contextlib.contextmanager
@@ -101,7 +108,14 @@ class Agent:
             config.model.act,
             config.model.norm,
         ).to(self.device)
-        self.model_opt = Optimizer(self.wm.parameters(), config.model.opt)
+        # The visualisation decoder (reconstruction-free models) learns on detached features
+        # with its own optimiser, so that its gradient norm never scales the world model's clip.
+        vis = self.wm.heads["vis_decoder"] if "vis_decoder" in self.wm.heads else None
+        vis_ids = {id(p) for p in vis.parameters()} if vis is not None else set()
+        self.model_opt = Optimizer(
+            [p for p in self.wm.parameters() if id(p) not in vis_ids], config.model.opt
+        )
+        self.vis_opt = Optimizer(vis.parameters(), config.model.opt) if vis is not None else None
         self.actor_opt = Optimizer(self.behavior.actor.parameters(), config.behavior.actor_opt)
         self.critic_opt = Optimizer(self.behavior.critic.parameters(), config.behavior.critic_opt)
         self.updates = 0
@@ -161,7 +175,13 @@ class Agent:
         """One world-model update and one behaviour update on a (B, T, ...) batch."""
         data = preprocess(to_torch(batch, self.device), self.wm.images)
         wm_loss, post, metrics = self.wm.loss(data)
-        metrics["wm/grad_norm"] = self.model_opt.step(wm_loss)
+        self.model_opt.zero_grad()
+        if self.vis_opt is not None:
+            self.vis_opt.zero_grad()
+        wm_loss.backward()
+        metrics["wm/grad_norm"] = self.model_opt.clip_and_step()
+        if self.vis_opt is not None:
+            metrics["wm/vis_grad_norm"] = self.vis_opt.clip_and_step()
 
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}  # (B*T, ...)
         start_cont = 1.0 - data["is_terminal"].float().reshape(-1)
@@ -219,6 +239,7 @@ class Agent:
             "behavior": self.behavior.state_dict(),
             "behavior_updates": self.behavior.updates,
             "model_opt": self.model_opt.opt.state_dict(),
+            "vis_opt": self.vis_opt.opt.state_dict() if self.vis_opt is not None else {},
             "actor_opt": self.actor_opt.opt.state_dict(),
             "critic_opt": self.critic_opt.opt.state_dict(),
             "updates": self.updates,
@@ -229,6 +250,8 @@ class Agent:
         self.behavior.load_state_dict(state["behavior"])
         self.behavior.updates = int(state["behavior_updates"])
         self.model_opt.opt.load_state_dict(state["model_opt"])
+        if self.vis_opt is not None and state.get("vis_opt"):
+            self.vis_opt.opt.load_state_dict(state["vis_opt"])
         self.actor_opt.opt.load_state_dict(state["actor_opt"])
         self.critic_opt.opt.load_state_dict(state["critic_opt"])
         self.updates = int(state["updates"])

@@ -270,3 +270,30 @@ def test_preset_trains_end_to_end_on_sim_ur5_reach_and_its_loss_falls(algo, extr
         agent.model_opt.step(agent.wm.loss(data)[0])
     after = np.mean([model_loss(s) for s in range(3)])
     assert after < before, f"{algo}: world-model loss on a fixed batch {before:.3f} -> {after:.3f}"
+
+
+def test_visualisation_decoder_has_its_own_optimiser_and_never_scales_the_model_clip():
+    """The world model's update is the same whether or not the decoder's gradients are huge."""
+    from daydream.agent import Agent
+    from robots.base import Space, step_spaces
+
+    config = load_config(None, "dreaming", [*TINY, "model.opt.clip=1.0"])
+    obs_space = {"image": Space((64, 64, 3), np.dtype(np.uint8)),
+                 "joints": Space((4,), np.dtype(np.float32)), **step_spaces()}
+    act_space = {"action": Space((2,), np.dtype(np.float32), -1.0, 1.0)}
+    batch = {k: v.numpy() for k, v in fake_batch().items()}
+    rng = np.random.default_rng(0)  # the agent takes raw uint8 images
+    batch["image"] = rng.integers(0, 256, batch["image"].shape, dtype=np.uint8)
+    updated = []
+    for scale in (1.0, 1e6):  # scale the visualisation loss: its gradient norm grows a million-fold
+        torch.manual_seed(0)
+        agent = Agent(obs_space, act_space, config)
+        assert agent.vis_opt is not None
+        vis_params = {id(p) for p in agent.wm.heads["vis_decoder"].parameters()}
+        assert not vis_params & {id(p) for p in agent.model_opt.params}
+        agent.wm.cfg.loss_scales.image = scale  # only the visualisation decodes images here
+        torch.manual_seed(1)
+        agent.train(batch)
+        updated.append([p.detach().clone() for p in agent.model_opt.params])
+    for a, b in zip(*updated, strict=True):
+        torch.testing.assert_close(a, b)
