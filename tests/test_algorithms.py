@@ -12,15 +12,9 @@ from daydream.config import load_config
 from daydream.dists import OneHotST
 from daydream.rssm import RSSM
 from robots.base import Space, step_spaces
+from tests.tiny import tiny_model
 
-TINY = [
-    "model.rssm.deter=16", "model.rssm.hidden=16", "model.rssm.stoch=4", "model.rssm.classes=4",
-    "model.encoder.mlp_layers=1", "model.encoder.mlp_units=16", "model.encoder.cnn_depth=4",
-    "model.decoder.mlp_layers=1", "model.decoder.mlp_units=16", "model.decoder.cnn_depth=4",
-    "model.reward_head.layers=1", "model.reward_head.units=16", "model.cont_head.layers=1",
-    "model.cont_head.units=16", "behavior.actor.layers=1", "behavior.actor.units=16",
-    "behavior.critic.layers=1", "behavior.critic.units=16", "behavior.horizon=4", "device=cpu",
-]
+TINY = tiny_model(units=16, horizon=4)
 
 
 @pytest.fixture(autouse=True)

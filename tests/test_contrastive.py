@@ -11,29 +11,12 @@ import torch
 
 from daydream import contrastive
 from daydream.config import load_config
+from tests.tiny import tiny_model
 
 torch.set_num_threads(1)
 
 # Tiny models: every preset trains in seconds on one core.
-TINY = [
-    "device=cpu",
-    "model.rssm.deter=32",
-    "model.rssm.hidden=32",
-    "model.rssm.stoch=8",
-    "model.rssm.classes=8",
-    "model.encoder.cnn_depth=4",
-    "model.decoder.cnn_depth=4",
-    "model.encoder.mlp_layers=1",
-    "model.encoder.mlp_units=32",
-    "model.decoder.mlp_layers=1",
-    "model.decoder.mlp_units=32",
-    "model.reward_head={layers: 1, units: 32}",
-    "model.cont_head={layers: 1, units: 32}",
-    "model.contrastive.proj_units=32",
-    "behavior.actor={layers: 1, units: 32}",
-    "behavior.critic={layers: 1, units: 32}",
-    "behavior.horizon=5",
-]
+TINY = tiny_model(units=32, stoch=8, classes=8)
 PRESETS = [("dreamer", ["model.repr=nce"]), ("dreaming", []), ("dreamingv2", [])]
 
 

@@ -10,34 +10,14 @@ import pytest
 import torch
 
 from daydream.cli import main
+from tests.tiny import tiny_model
 
 torch.set_num_threads(1)
 
 TINY = [
-    "device=cpu",
-    "model.rssm.deter=32",
-    "model.rssm.hidden=32",
-    "model.rssm.stoch=8",
-    "model.encoder.cnn_depth=4",
-    "model.decoder.cnn_depth=4",
-    "model.encoder.mlp_layers=1",
-    "model.encoder.mlp_units=32",
-    "model.decoder.mlp_layers=1",
-    "model.decoder.mlp_units=32",
-    "model.reward_head={layers: 1, units: 32}",
-    "model.cont_head={layers: 1, units: 32}",
-    "model.contrastive.proj_units=32",
-    "behavior.actor={layers: 1, units: 32}",
-    "behavior.critic={layers: 1, units: 32}",
-    "behavior.horizon=5",
-    "train.batch_size=4",
-    "train.batch_length=12",
-    "train.prefill=100",
-    "train.pretrain=5",
-    "train.ratio=8",
-    "train.log_every=50",
-    "train.torch_threads=1",
-    "replay.min_size=50",
+    *tiny_model(units=32, stoch=8, classes=32),
+    "train.batch_size=4", "train.batch_length=12", "train.prefill=100", "train.pretrain=5",
+    "train.ratio=8", "train.log_every=50", "train.torch_threads=1", "replay.min_size=50",
 ]
 
 

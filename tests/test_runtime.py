@@ -20,22 +20,17 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny import tiny_model
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "pendulum.yaml")
 TINY = [
-    "device=cpu", "train.torch_threads=1",
-    "model.rssm.deter=32", "model.rssm.hidden=32", "model.rssm.stoch=4", "model.rssm.classes=4",
-    "model.encoder.mlp_units=32", "model.encoder.mlp_layers=1", "model.encoder.cnn_depth=4",
-    "model.decoder.mlp_units=32", "model.decoder.mlp_layers=1", "model.decoder.cnn_depth=4",
-    "model.reward_head.layers=1", "model.reward_head.units=32",
-    "model.cont_head.layers=1", "model.cont_head.units=32",
-    "behavior.actor.layers=1", "behavior.actor.units=32",
-    "behavior.critic.layers=1", "behavior.critic.units=32", "behavior.horizon=5",
+    *tiny_model(units=32), "train.torch_threads=1",
     "train.batch_size=4", "train.batch_length=8", "replay.min_size=64",
     "learner.publish_every=0.5", "learner.log_every=2", "learner.checkpoint_every=2",
     "actor.chunk_length=8", "actor.period=0.01", "actor.status_every=0.5",
     "transport.resend_after_s=2", "transport.heartbeat_timeout_ms=2000",
-]  # fmt: skip
+]
 
 
 def free_port() -> int:

@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 
 from robots.base import ObservationError, Space, step_spaces, validate
+from tests.tiny import tiny_model
 
 TINY = [
-    "model.rssm.deter=16", "model.rssm.hidden=16", "model.rssm.stoch=4", "model.rssm.classes=4",
-    "model.encoder.mlp_layers=1", "model.encoder.mlp_units=16", "model.decoder.mlp_layers=1",
-    "model.decoder.mlp_units=16", "model.reward_head.layers=1", "model.reward_head.units=16",
-    "model.cont_head.layers=1", "model.cont_head.units=16", "behavior.actor.layers=1",
-    "behavior.actor.units=16", "behavior.critic.layers=1", "behavior.critic.units=16",
-    "behavior.horizon=5", "train.batch_size=4", "train.batch_length=8", "train.prefill=100",
+    *tiny_model(units=16), "train.batch_size=4", "train.batch_length=8", "train.prefill=100",
     "train.pretrain=5", "train.ratio=8", "train.log_every=100", "replay.chunk_length=8",
-    "train.torch_threads=1", "gym.time_limit=50", "device=cpu",
+    "train.torch_threads=1", "gym.time_limit=50",
 ]
 
 
