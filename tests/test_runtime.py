@@ -185,8 +185,10 @@ def test_learner_sigkill_restart_resumes_while_the_actor_keeps_its_tick_rate(tmp
         # learner gone: the control loop keeps its rate, experience piles up in the outbox
         time.sleep(4.0)
         during = status(logdir, "arm")
-        assert during["tick_rate"] > 0.7 * 100, during  # actor.period = 0.01 s
-        assert during["steps"] - before_kill["steps"] > 0.7 * 100 * 3, (before_kill, during)
+        # actor.period = 0.01 s: a loop blocked on the dead learner would make almost no steps;
+        # half the nominal 100 Hz leaves room for a loaded 2-core CI machine.
+        rate = (during["steps"] - before_kill["steps"]) / (during["time"] - before_kill["time"])
+        assert rate > 0.5 * 100, (before_kill, during)
         assert during["outbox"]["pending"] > 0
         assert during["policy_version"] >= first["policy_version"]  # keeps acting with them
 
