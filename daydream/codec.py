@@ -1,22 +1,37 @@
-"""Wire format between robots and the workstation: msgpack, numpy arrays as raw buffers.
+"""Wire format between robots and the workstation: a msgpack header and raw array sections.
 
-Every message is a msgpack map with the schema version ``v``, a ``type`` and that type's
-fields (``MESSAGE_FIELDS``). A numpy array travels as msgpack ext type 1 holding::
+Schema 2. One message is one ZeroMQ frame laid out as::
 
-    u8 len(dtype) | dtype str ("<f4", "|u1", ...) | u8 ndim | ndim x u64 shape | raw bytes
+    "\\xc1DDM" | u32 H | header: H bytes of msgpack | pad | array 0 | pad | array 1 | ...
+
+``0xc1`` is never valid msgpack, so no schema-1 peer mistakes a schema-2 message for one of
+its own. The header is a msgpack map with the schema version ``v``, a ``type`` and that
+type's fields (``MESSAGE_FIELDS``). A numpy array in the header is msgpack ext type 1
+holding only its description::
+
+    u8 len(dtype) | dtype str ("<f4", "|u1", ...) | u8 ndim | ndim x u64 shape
+
+and its raw bytes follow the header, in the order the arrays appear in the header, each
+starting at the next multiple of ``ALIGN`` bytes from the message start (zero padding
+between). The message ends exactly where the last array ends: a missing or extra byte is
+refused. ``encode`` copies each array once, straight into the message; ``decode`` parses
+only the header and returns arrays that are read-only ``np.frombuffer`` views of the
+received buffer (no copy: a 36 MB weights message decodes in microseconds).
 
 Only plain little-endian numeric and bool dtypes are accepted (``ALLOWED_DTYPES``); object
 dtypes are refused at both ends. Nothing is ever pickled. ``decode`` raises
 :class:`CodecError` with a short ``reason`` code the receiver counts before it goes on:
 
-    malformed     not msgpack, truncated, bad array header/length, invalid UTF-8, too deep
+    malformed     no magic, truncated, bad array header/length, extra bytes, invalid
+                  UTF-8, too deep
     oversized     the message (or an array) is larger than the limit
-    wrong_schema  not a map, no/other schema version
+    wrong_schema  not a map, no/other schema version (a schema-1 message: plain msgpack)
     unknown_type  ``type`` is not one this version knows
     bad_field     a required field is missing or of the wrong kind
     bad_dtype     an array dtype outside ALLOWED_DTYPES
 
-Decoded arrays are read-only views of the received buffer (no copy).
+``upgrade_v1`` re-encodes a schema-1 message (an actor's outbox may hold some from before
+an upgrade) in this schema, with the same checks as ``decode``.
 """
 
 from __future__ import annotations
@@ -27,8 +42,11 @@ from collections.abc import Callable
 import msgpack
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MAGIC = b"\xc1DDM"
+PREFIX = struct.Struct("<4sI")  # magic, header length
 ARRAY_EXT = 1
+ALIGN = 64  # array sections start at multiples of this (from the start of the message)
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_NDIM = 8
 MAX_DEPTH = 8
@@ -52,6 +70,8 @@ ALLOWED_DTYPES = frozenset(
 )
 
 REASONS = ("malformed", "oversized", "wrong_schema", "unknown_type", "bad_field", "bad_dtype")
+
+_MSGPACK_MAP_FIRST = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 
 
 def _is_arrays(x) -> bool:
@@ -95,10 +115,14 @@ class CodecError(ValueError):
         self.detail = detail
 
 
+def _align(pos: int) -> int:
+    return -(-pos // ALIGN) * ALIGN
+
+
 # ---------------------------------------------------------------- encode
 
 
-def _pack_array(arr: np.ndarray) -> msgpack.ExtType:
+def _array_header(arr: np.ndarray) -> bytes:
     dtype = arr.dtype.str
     if dtype not in ALLOWED_DTYPES:
         raise CodecError(
@@ -106,40 +130,58 @@ def _pack_array(arr: np.ndarray) -> msgpack.ExtType:
         )
     if arr.ndim > MAX_NDIM:
         raise CodecError("bad_field", f"array with {arr.ndim} dims (at most {MAX_NDIM})")
-    header = struct.pack(
+    return struct.pack(
         f"<B{len(dtype)}sB{arr.ndim}Q", len(dtype), dtype.encode(), arr.ndim, *arr.shape
     )
-    return msgpack.ExtType(ARRAY_EXT, header + np.ascontiguousarray(arr).tobytes())
 
 
-def _default(obj):
-    if isinstance(obj, np.ndarray):
-        return _pack_array(obj)
-    if isinstance(obj, np.generic):
-        if obj.dtype.kind in "biuf":
-            return obj.item()
-    raise CodecError("bad_field", f"cannot encode {type(obj).__name__} (only numbers, str, "
-                     f"bytes, lists, dicts and numeric numpy arrays travel)")  # fmt: skip
+def encode(msg: dict, max_bytes: int = DEFAULT_MAX_BYTES) -> bytearray:
+    """The wire bytes of ``msg`` (a dict with ``type``); adds the schema version ``v``.
 
-
-def encode(msg: dict, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """msgpack bytes for ``msg`` (a dict with ``type``); adds the schema version ``v``."""
+    Returns a bytearray filled in one pass: every array is copied once, into its section.
+    """
     if not isinstance(msg, dict) or msg.get("type") not in MESSAGE_FIELDS:
         raise CodecError("unknown_type", f"message type {msg.get('type')!r} is not one of "
                          f"{sorted(MESSAGE_FIELDS)}")  # fmt: skip
-    data = msgpack.packb({"v": SCHEMA_VERSION, **msg}, default=_default, use_bin_type=True)
-    if len(data) > max_bytes:
-        raise CodecError("oversized", f"message of {len(data)} bytes exceeds {max_bytes}; "
+    arrays: list[np.ndarray] = []
+
+    def default(obj):
+        if isinstance(obj, np.ndarray):
+            ext = msgpack.ExtType(ARRAY_EXT, _array_header(obj))
+            arrays.append(obj)
+            return ext
+        if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
+            return obj.item()
+        raise CodecError("bad_field", f"cannot encode {type(obj).__name__} (only numbers, "
+                         f"str, bytes, lists, dicts and numeric numpy arrays travel)")  # fmt: skip
+
+    header = msgpack.packb({"v": SCHEMA_VERSION, **msg}, default=default, use_bin_type=True)
+    pos = PREFIX.size + len(header)
+    offsets = []
+    for arr in arrays:
+        pos = _align(pos) if arr.nbytes else pos
+        offsets.append(pos)
+        pos += arr.nbytes
+    if pos > max_bytes:
+        raise CodecError("oversized", f"message of {pos} bytes exceeds {max_bytes}; "
                          f"send smaller chunks (replay.chunk_length)")  # fmt: skip
-    return data
+    out = bytearray(pos)
+    PREFIX.pack_into(out, 0, MAGIC, len(header))
+    out[PREFIX.size : PREFIX.size + len(header)] = header
+    if arrays:
+        flat = np.frombuffer(out, np.uint8)
+        for arr, off in zip(arrays, offsets, strict=True):
+            if arr.nbytes:
+                section = flat[off : off + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+                np.copyto(section, arr, casting="no")
+    return out
 
 
 # ---------------------------------------------------------------- decode
 
 
-def _unpack_array(code: int, data: bytes):
-    if code != ARRAY_EXT:
-        raise CodecError("malformed", f"unknown ext type {code}")
+def _parse_array_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, bytes left after the header) of an ext-1 array description."""
     try:
         view = memoryview(data)
         n = view[0]
@@ -155,13 +197,38 @@ def _unpack_array(code: int, data: bytes):
         raise CodecError("malformed", "truncated array header") from None
     if dtype_str not in ALLOWED_DTYPES:
         raise CodecError("bad_dtype", f"array dtype {dtype_str!r} not allowed")
-    dtype = np.dtype(dtype_str)
+    return np.dtype(dtype_str), shape, len(view) - pos
+
+
+def _count(shape) -> int:
     count = 1
     for d in shape:
         count *= d
-    if count * dtype.itemsize != len(view) - pos:
-        raise CodecError("malformed", f"array {dtype_str}{tuple(shape)} does not match its data")
-    return np.frombuffer(view, dtype=dtype, count=count, offset=pos).reshape(shape)
+    return count
+
+
+class _Sections:
+    """The ext hook of one decode: turns array descriptions into views of the sections."""
+
+    def __init__(self, view: memoryview, start: int):
+        self.view = view
+        self.pos = start  # where the previous array ended
+
+    def __call__(self, code: int, data: bytes):
+        if code != ARRAY_EXT:
+            raise CodecError("malformed", f"unknown ext type {code}")
+        dtype, shape, extra = _parse_array_header(data)
+        if extra:
+            raise CodecError("malformed", f"{extra} stray bytes after an array header")
+        count = _count(shape)
+        nbytes = count * dtype.itemsize
+        start = _align(self.pos) if nbytes else self.pos
+        if start + nbytes > len(self.view):
+            raise CodecError(
+                "malformed", f"array {dtype.str}{tuple(shape)} runs past the end of the message"
+            )
+        self.pos = start + nbytes
+        return np.frombuffer(self.view, dtype=dtype, count=count, offset=start).reshape(shape)
 
 
 def _depth_ok(obj, depth: int = 0) -> bool:
@@ -174,28 +241,22 @@ def _depth_ok(obj, depth: int = 0) -> bool:
     return True
 
 
-def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
-    """The message in ``data``, validated against its type; raises CodecError(reason)."""
-    if len(data) > max_bytes:
-        raise CodecError("oversized", f"{len(data)} bytes > limit {max_bytes}")
+def _unpack(data, ext_hook) -> object:
     try:
-        msg = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            ext_hook=_unpack_array,
+        return msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True, ext_hook=ext_hook
         )
     except CodecError:
         raise
     except Exception as e:  # msgpack raises a zoo of types on bad input
         raise CodecError("malformed", f"{type(e).__name__}: {e}"[:200]) from None
+
+
+def _check(msg: object, version: int = SCHEMA_VERSION) -> dict:
     if not isinstance(msg, dict):
         raise CodecError("wrong_schema", f"top level is {type(msg).__name__}, not a map")
-    if msg.get("v") != SCHEMA_VERSION:
-        raise CodecError(
-            "wrong_schema", f"schema version {msg.get('v')!r}, expected {SCHEMA_VERSION}"
-        )
+    if not _is_int(msg.get("v")) or msg["v"] != version:
+        raise CodecError("wrong_schema", f"schema version {msg.get('v')!r}, expected {version}")
     kind = msg.get("type")
     fields = MESSAGE_FIELDS.get(kind) if isinstance(kind, str) else None
     if fields is None:
@@ -206,3 +267,65 @@ def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
         if name not in msg or not check(msg[name]):
             raise CodecError("bad_field", f"{kind} message: field {name!r} missing or invalid")
     return msg
+
+
+def _view(data) -> memoryview:
+    try:
+        view = memoryview(data)
+        return (view if view.format == "B" and view.ndim == 1 else view.cast("B")).toreadonly()
+    except (TypeError, ValueError):
+        raise CodecError("malformed", f"cannot read a {type(data).__name__}") from None
+
+
+def decode(data, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
+    """The message in ``data`` (any bytes-like object), validated against its type; raises
+    CodecError(reason). Arrays in it are read-only views of ``data``."""
+    view = _view(data)
+    size = len(view)
+    if size > max_bytes:
+        raise CodecError("oversized", f"{size} bytes > limit {max_bytes}")
+    if size < PREFIX.size or view[:4] != MAGIC:
+        if size and view[0] in _MSGPACK_MAP_FIRST:
+            raise CodecError(
+                "wrong_schema", f"a schema-1 message (plain msgpack); expected {SCHEMA_VERSION}"
+            )
+        raise CodecError("malformed", "no schema-2 message prefix")
+    _, header_len = PREFIX.unpack_from(view)
+    end = PREFIX.size + header_len
+    if end > size:
+        raise CodecError("malformed", f"header of {header_len} bytes runs past the end")
+    sections = _Sections(view, end)
+    msg = _unpack(view[PREFIX.size : end], sections)
+    if sections.pos != size:
+        raise CodecError(
+            "malformed", f"{size - sections.pos} bytes after the last array (truncated header?)"
+        )
+    return _check(msg)
+
+
+# ---------------------------------------------------------------- schema 1
+
+
+def _unpack_v1_array(code: int, data: bytes):
+    if code != ARRAY_EXT:
+        raise CodecError("malformed", f"unknown ext type {code}")
+    dtype, shape, left = _parse_array_header(data)
+    count = _count(shape)
+    if count * dtype.itemsize != left:
+        raise CodecError("malformed", f"array {dtype.str}{tuple(shape)} does not match its data")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=len(data) - left).reshape(shape)
+
+
+def upgrade_v1(data, max_bytes: int = DEFAULT_MAX_BYTES) -> bytearray:
+    """A schema-1 message (msgpack map, arrays inline as ext 1) re-encoded in schema 2."""
+    view = _view(data)
+    if len(view) > max_bytes:
+        raise CodecError("oversized", f"{len(view)} bytes > limit {max_bytes}")
+    msg = dict(_check(_unpack(view, _unpack_v1_array), version=1))
+    del msg["v"]
+    return encode(msg, max_bytes)
+
+
+def is_v1(data) -> bool:
+    """True for what looks like a schema-1 message (a plain msgpack map)."""
+    return len(data) > 0 and _view(data)[0] in _MSGPACK_MAP_FIRST

@@ -71,7 +71,7 @@ class Gateway:
         self.counts: Counter = Counter()
         self._weights_lock = threading.Lock()
         self._weights_version = -1
-        self._weights_bytes: bytes | None = None
+        self._weights_bytes: bytearray | None = None  # encoded once, sent to every robot
         self._announce = False
         self._peers: dict[bytes, float] = {}
         self._reports: deque = deque(maxlen=MAX_REPORTS)  # heartbeat reports for the learner

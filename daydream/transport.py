@@ -31,7 +31,7 @@ import numpy as np
 import zmq
 
 from daydream import keys
-from daydream.codec import CodecError, decode, encode
+from daydream.codec import CodecError, decode, encode, is_v1, upgrade_v1
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,12 @@ class TransportServer:
         self.rejected[error.reason] += 1
         self.send(peer, {"type": "error", "reason": error.reason})
 
-    def send(self, peer: bytes, msg: dict | bytes) -> bool:
-        """Send to one peer without blocking; False (and counted) if it cannot be queued."""
-        data = msg if isinstance(msg, bytes) else encode(msg)
+    def send(self, peer: bytes, msg: dict | bytes | bytearray) -> bool:
+        """Send to one peer without blocking; False (and counted) if it cannot be queued.
+
+        Pre-encoded messages of 64 kB and more go without a copy (ZeroMQ keeps a reference
+        until it has sent them), so one weights message serves every robot."""
+        data = encode(msg, self.options.max_weights_bytes) if isinstance(msg, dict) else msg
         try:
             self.sock.send_multipart([peer, data], zmq.NOBLOCK, copy=len(data) < 65536)
             return True
@@ -251,17 +254,30 @@ class TransportClient:
             **kwargs,
         )
 
-    def send(self, msg: dict | bytes) -> bool:
-        """Queue one message (dict or pre-encoded bytes); False if ZeroMQ would block."""
-        data = msg if isinstance(msg, bytes) else encode(msg, self.options.max_message_bytes)
+    def send(self, msg: dict | bytes | bytearray) -> bool:
+        """Queue one message (dict or pre-encoded bytes); False if ZeroMQ would block.
+
+        Pre-encoded messages of 64 kB and more go without a copy; a schema-1 message (an
+        outbox spill file from before an upgrade) is re-encoded in the current schema."""
+        if isinstance(msg, dict):
+            data = encode(msg, self.options.max_message_bytes)
+        elif is_v1(msg):
+            try:
+                data = upgrade_v1(msg, self.options.max_message_bytes)
+            except CodecError as e:  # sent as it is: the gateway counts and answers it
+                log.warning("could not upgrade a schema-1 message (%s)", e)
+                data = msg
+        else:
+            data = msg
         try:
             self.sock.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
             return True
         except zmq.Again:
             return False
 
-    def encode_chunk(self, seq: int, chunk: dict[str, np.ndarray]) -> bytes:
-        """The wire bytes of a chunk message (the outbox keeps these to resend)."""
+    def encode_chunk(self, seq: int, chunk: dict[str, np.ndarray]) -> bytearray:
+        """The wire bytes of a chunk message (the outbox keeps these to resend); the arrays
+        are copied once, into the message."""
         return encode(
             {"type": "chunk", "actor": self.actor_id, "seq": int(seq), "data": chunk},
             self.options.max_message_bytes,

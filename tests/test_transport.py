@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from daydream import keys
-from daydream.codec import encode
+from daydream.codec import SCHEMA_VERSION, encode
 from daydream.gateway import Gateway
 from daydream.outbox import Outbox
 from daydream.replay_actor import ReplayService
@@ -286,7 +286,7 @@ def test_new_weights_are_announced_and_served_only_when_newer(key_dir):
             msgs: list = []
             assert wait_for(lambda: client.hello())
             assert wait_for(lambda: msgs, poll=lambda: msgs.extend(client.poll(10)))
-            assert msgs == [{"v": 1, "type": "weights_info", "version": -1}]
+            assert msgs == [{"v": SCHEMA_VERSION, "type": "weights_info", "version": -1}]
             params = {"enc.w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(2)}
             gateway.publish_weights(params, version=3)
             msgs.clear()
@@ -310,3 +310,72 @@ def test_sends_never_block_when_no_gateway_is_there(key_dir):
         results = [client.send_chunk(seq, chunk(seq)) for seq in range(100)]
         assert time.perf_counter() - start < 1.0
         assert not any(results)  # nothing queued into a link that is not up
+
+
+def test_truncated_extended_extra_frame_and_oversized_messages_are_rejected_by_reason(key_dir):
+    """The schema-2 framing at the socket: one frame per message, sections exactly as long as
+    the header says, the size limit on the whole message."""
+    from daydream.transport import TransportServer
+
+    server = TransportServer("tcp://127.0.0.1:*", key_dir=key_dir, options=OPTIONS)
+    ctx = zmq.Context()
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    public, secret = keys.load_keypair(key_dir / "actor.key_secret")
+    keys.make_curve_client(peer, public, secret, keys.load_keypair(key_dir / "gateway.key")[0])
+    peer.connect(server.endpoint)
+    good = bytes(encode({"type": "chunk", "actor": "a", "seq": 1, "data": chunk(1, steps=64)}))
+    big = encode({"type": "chunk", "actor": "a", "seq": 2, "data": chunk(2, steps=2048)})
+    assert OPTIONS.max_message_bytes < len(big) < 2 * OPTIONS.max_message_bytes
+    cases = [
+        ("malformed", [good[:-1]]),  # last array one byte short
+        ("malformed", [good[: len(good) // 2]]),  # cut in the middle of a section
+        ("malformed", [good + b"\x00"]),  # a byte beyond the last array
+        ("malformed", [good, b"extra frame"]),  # arrays must not travel as extra frames
+        ("malformed", [good[:50], good[50:]]),  # nor a message split across frames
+        ("malformed", [b""]),
+        ("oversized", [big]),
+    ]
+    try:
+        for _, frames in cases:
+            peer.send_multipart(frames)
+        peer.send(good)
+        got: list = []
+        assert wait_for(
+            lambda: len(got) == 1 and sum(server.rejected.values()) == len(cases),
+            poll=lambda: got.extend(server.recv(10)),
+        )
+        assert got[-1][1]["seq"] == 1 and got[-1][1]["data"]["image"].shape == (64, 8, 8, 3)
+        expected: dict = {}
+        for reason, _ in cases:
+            expected[reason] = expected.get(reason, 0) + 1
+        assert dict(server.rejected) == expected
+        answers = []
+        assert wait_for(lambda: len(answers) == len(cases), poll=lambda: peer.poll(10) and
+                        answers.append(peer.recv()))  # fmt: skip
+    finally:
+        peer.close(0)
+        ctx.term()
+        server.close()
+
+
+def test_a_schema_1_chunk_left_in_an_outbox_is_upgraded_when_sent(key_dir, tmp_path):
+    from test_codec import encode_v1
+
+    replay = ReplayService(capacity=1000)
+    gateway = Gateway(replay, "tcp://127.0.0.1:*", key_dir=key_dir, options=OPTIONS)
+    gateway.start()
+    try:
+        box = Outbox(tmp_path / "outbox", max_memory=1)  # spilled by the previous release
+        box.put(0, b"placeholder")
+        box.put(7, encode_v1({"type": "chunk", "actor": "robot-0", "seq": 7, "data": chunk(7)}))
+        box.ack([0])
+        with make_client(gateway.endpoint, key_dir) as client:
+            assert wait_for(
+                lambda: len(box) == 0,
+                poll=lambda: box.pump(client.send) + len([box.handle(m) for m in client.poll(10)]),
+            )
+        assert replay.keys() == [("robot-0", 7)] and box.stats()["acked"] == 2
+        assert not any(k.startswith("rejected_") for k in gateway.stats())
+    finally:
+        gateway.stop()
