@@ -1,4 +1,4 @@
-"""The ``daydream`` command: one verb per thing a user does.
+"""The daydream command: one verb per thing a user does.
 
 Each verb lives in its own module ``daydream/cli/<verb>.py`` exposing
 ``add_arguments(parser)`` and ``main(args) -> int``; modules are imported only
