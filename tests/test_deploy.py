@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import pytest
 import tomllib
 import yaml
 
+from daydream.cli.run import stop_processes
 from tests.tiny import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -468,20 +468,6 @@ def start_unit(verb: str, env_file: dict[str, str], log: Path) -> subprocess.Pop
         )  # fmt: skip
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 def test_systemd_units_run_a_learner_whose_weights_reach_two_actors(tmp_path):
     keys = tmp_path / "keys"
     robots = ["robot-0", "robot-1"]
@@ -548,5 +534,4 @@ def test_systemd_units_run_a_learner_whose_weights_reach_two_actors(tmp_path):
             assert s["connected"] and s["policy_version"] >= 0 and s["swaps"] >= 1, s
             assert "safety console on tcp://127.0.0.1:" in (tmp_path / f"{robot}.log").read_text()
     finally:
-        for proc in reversed(procs):
-            kill_group(proc)
+        stop_processes(list(reversed(procs)), grace=20.0)  # SIGTERM the groups, then SIGKILL
