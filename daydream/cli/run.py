@@ -63,14 +63,18 @@ def spawn_actor(
     return proc, log_path
 
 
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def stop_processes(procs: list[subprocess.Popen], grace: float) -> None:
     """SIGTERM each process group, wait up to ``grace`` s, then SIGKILL what is left."""
     for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        _signal_group(p, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for p in procs:
         try:
@@ -79,10 +83,7 @@ def stop_processes(procs: list[subprocess.Popen], grace: float) -> None:
             pass
     for p in procs:
         if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _signal_group(p, signal.SIGKILL)
             p.wait()
 
 
