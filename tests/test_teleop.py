@@ -258,3 +258,25 @@ def test_drive_teleop_policy_without_a_terminal_or_console_says_what_to_do(
     drive, args = drive_args("--policy", "teleop", "--steps", "5")
     assert drive.main(args) == 2
     assert "--console" in capsys.readouterr().err
+
+
+def test_drive_runs_a_trained_checkpoint_in_eval_mode(double_registered, tmp_path):
+    from daydream import checkpoint
+    from daydream.agent import Agent
+    from tests.tiny import tiny_model
+
+    probe = make_double(None)
+    double_registered.clear()
+    agent = Agent(probe.obs_space, probe.act_space, load_config(None, overrides=tiny_model()))
+    checkpoint.save(tmp_path, checkpoint.agent_payload(agent))
+
+    runs = []
+    for seed in ("1", "2"):  # a random policy would differ between seeds; the checkpoint's not
+        drive, args = drive_args("--policy", str(tmp_path), "--steps", "10", "--seed", seed,
+                                 "--set", "safety.max_change=2.0")
+        assert drive.main(args) == 0
+        robot = double_registered[-1]
+        assert len(robot.commands) == 10 and not robot.connected
+        runs.append(np.stack([c for _, c in robot.commands]))
+    np.testing.assert_allclose(runs[0], runs[1])
+    assert np.all(np.abs(runs[0]) <= 1) and np.abs(runs[0]).sum() > 0
