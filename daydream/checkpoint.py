@@ -80,6 +80,26 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     return torch.load(found, map_location=map_location, weights_only=True)
 
 
+# Config blocks that must match between a checkpoint and the run resuming it.
+MODEL_BLOCKS = ("algo", "model", "behavior")
+
+
+def load_for_resume(logdir: str | Path, config) -> dict | None:
+    """The checkpoint in ``logdir`` if there is one, after checking it was trained with the
+    same model settings as ``config``; raises ValueError naming the block that differs."""
+    if find(logdir) is None:
+        return None
+    payload = load(logdir)
+    saved, current = payload["config"], to_dict(config)
+    for block in MODEL_BLOCKS:
+        if saved[block] != current[block]:
+            raise ValueError(
+                f"{logdir} holds a checkpoint trained with a different '{block}' config; "
+                f"resume with the same settings or choose a new --logdir"
+            )
+    return payload
+
+
 def agent_payload(agent, **extra) -> dict:
     """Everything needed to rebuild and resume ``agent``."""
     return {

@@ -33,7 +33,6 @@ import torch
 import robots
 from daydream import checkpoint
 from daydream.agent import Agent
-from daydream.config import to_dict
 from daydream.logger import MetricsLogger
 from daydream.replay_actor import ReplayActor, replay_kwargs
 from robots.base import Space
@@ -165,12 +164,11 @@ class Learner:
     publication, checkpoints and metrics."""
 
     def __init__(self, config, bind: str | None = None, stream=None) -> None:
-        from daydream.train import MODEL_BLOCKS, seed_everything
+        from daydream.train import seed_everything
 
         if not ray.is_initialized():
             raise RuntimeError("the learner needs Ray: call ray.init() first (daydream run does)")
         self.config = config
-        self._model_blocks = MODEL_BLOCKS
         seed_everything(int(config.seed))
         if config.train.torch_threads:
             torch.set_num_threads(int(config.train.torch_threads))
@@ -217,16 +215,9 @@ class Learner:
 
     # ------------------------------------------------------------------ resume / save
     def _resume(self) -> bool:
-        if checkpoint.find(self.logdir) is None:
+        payload = checkpoint.load_for_resume(self.logdir, self.config)
+        if payload is None:
             return False
-        payload = checkpoint.load(self.logdir)
-        saved, current = payload["config"], to_dict(self.config)
-        for block in self._model_blocks:
-            if saved[block] != current[block]:
-                raise ValueError(
-                    f"{self.logdir} holds a checkpoint trained with a different '{block}' config; "
-                    f"resume with the same settings or choose a new --logdir"
-                )
         self.agent.load_state_dict(payload["agent"])
         self.counters.update(payload.get("counters", {}))
         self.counters["updates"] = self.agent.updates

@@ -20,14 +20,10 @@ import robots
 from daydream import checkpoint
 from daydream.agent import Agent
 from daydream.chunks import ChunkBuilder
-from daydream.config import to_dict
 from daydream.logger import MetricsLogger
 from daydream.ratio import Ratio
 from daydream.replay import Replay
 from robots.base import validate
-
-# Config blocks that must match between a checkpoint and the run resuming it.
-MODEL_BLOCKS = ("algo", "model", "behavior")
 
 
 def seed_everything(seed: int) -> None:
@@ -71,16 +67,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume / save
     def _resume(self) -> None:
-        if checkpoint.find(self.logdir) is None:
+        payload = checkpoint.load_for_resume(self.logdir, self.config)
+        if payload is None:
             return
-        payload = checkpoint.load(self.logdir)
-        saved, current = payload["config"], to_dict(self.config)
-        for block in MODEL_BLOCKS:
-            if saved[block] != current[block]:
-                raise ValueError(
-                    f"{self.logdir} holds a checkpoint trained with a different '{block}' config; "
-                    f"resume with the same settings or choose a new --logdir"
-                )
         self.agent.load_state_dict(payload["agent"])
         self.ratio.load_state_dict(payload["ratio"])
         self.counters.update(payload["counters"])
