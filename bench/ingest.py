@@ -120,8 +120,8 @@ def bench_raw(actors: int, steps: int, seconds: float, warmup: float) -> float:
 def daydream_actor(
     endpoint: str, actor: str, key_dir: str | None, steps: int, seconds: float, seed: int
 ) -> None:
-    from daydream.outbox import Outbox
-    from daydream.transport import TransportClient
+    from daydream.wire.outbox import Outbox
+    from daydream.wire.transport import TransportClient
 
     chunks = make_chunks(4, steps, seed)
     curve = key_dir is not None
@@ -147,27 +147,25 @@ def daydream_actor(
 
 
 def bench_daydream(args, steps: int, seconds: float, warmup: float) -> tuple[float, dict]:
-    import ray
-
-    from daydream import keys
-    from daydream.gateway import Gateway, make_gateway_actor
-    from daydream.replay_actor import ReplayActor
+    from daydream.replay.remote import RemoteReplay, call, remote_class, start_ray, stop_ray
+    from daydream.wire import curve
+    from daydream.wire.gateway import Gateway
 
     tmp = Path(tempfile.mkdtemp(prefix="daydream-ingest-"))
     key_dir = None
     if not args.no_curve:
         key_dir = tmp / "keys"
-        keys.create_keys(key_dir, ["actor"])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    replay = ReplayActor.remote(
+        curve.create_keys(key_dir, ["actor"])
+    start_ray(num_cpus=2)
+    replay = RemoteReplay.start(
         capacity=10**9 if args.no_disk else 2_000_000,  # noqa: PLR2004
         directory=None if args.no_disk else str(tmp / "replay"),
     )
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     gw_kwargs = dict(curve=key_dir is not None, key_dir=key_dir, max_batch=32, poll_ms=20)
     if args.gateway == "ray":
-        gateway = make_gateway_actor().remote(replay, endpoint, **gw_kwargs)
-        ray.get(gateway.start.remote())
+        gateway = remote_class(Gateway).remote(replay, endpoint, **gw_kwargs)
+        call(gateway, "start")
     else:
         gateway = Gateway(replay, endpoint, **gw_kwargs)
         gateway.start()
@@ -183,22 +181,22 @@ def bench_daydream(args, steps: int, seconds: float, warmup: float) -> tuple[flo
     for p in procs:
         p.start()
     deadline = time.monotonic() + 120
-    while ray.get(replay.stats.remote())["inserted_steps"] == 0 and time.monotonic() < deadline:
+    while replay.stats()["inserted_steps"] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(warmup)
-    s0, t0 = ray.get(replay.stats.remote())["inserted_steps"], time.monotonic()
+    s0, t0 = replay.stats()["inserted_steps"], time.monotonic()
     time.sleep(seconds)
-    s1, t1 = ray.get(replay.stats.remote())["inserted_steps"], time.monotonic()
+    s1, t1 = replay.stats()["inserted_steps"], time.monotonic()
     for p in procs:
         p.terminate()
         p.join()
-    stats = ray.get(gateway.stats.remote()) if args.gateway == "ray" else gateway.stats()
+    stats = call(gateway, "stats") if args.gateway == "ray" else gateway.stats()
     if args.gateway == "ray":
-        ray.get(gateway.stop.remote())
+        call(gateway, "stop")
     else:
         gateway.stop()
-    replay_stats = ray.get(replay.stats.remote())
-    ray.shutdown()
+    replay_stats = replay.stats()
+    stop_ray()
     return (s1 - s0) / (t1 - t0), {**stats, **{f"replay_{k}": v for k, v in replay_stats.items()}}
 
 

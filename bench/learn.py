@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daydream.config import load_config  # noqa: E402
-from daydream.train import Trainer  # noqa: E402
+from daydream.core.config import load_config  # noqa: E402
+from daydream.runtime.local import LocalRun  # noqa: E402
 
 
 def curve(metrics: Path, every: int = 1000, window: int = 10) -> list[tuple[int, float, int]]:
@@ -52,7 +52,7 @@ def main() -> None:
     config = load_config(args.task, args.algo, overrides)
     print(f"learn: {config.algo} on {args.task} for {config.train.steps} steps, logdir {logdir}")
     start = time.time()
-    Trainer(config).run()
+    LocalRun(config).run()
     minutes = (time.time() - start) / 60
     print(f"\n{config.algo} on {args.task}: mean return of the last 10 episodes")
     print(f"{'step':>8}  {'return':>9}  {'episodes':>8}")

@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import robots  # noqa: E402
-from daydream.agent import Agent  # noqa: E402
-from daydream.config import load_config  # noqa: E402
-from robots.base import step_spaces  # noqa: E402
+from daydream.agent.agent import Agent  # noqa: E402
+from daydream.core.config import load_config  # noqa: E402
+from daydream.core.spaces import step_spaces  # noqa: E402
 
 DEFAULT_CONFIGS = [
     "configs/sim_ur5_pick.yaml",
@@ -30,22 +30,9 @@ DEFAULT_CONFIGS = [
 ]
 
 
-def spaces_of(config):
-    """The robot's declared spaces (known before connecting), without connecting."""
-    robot = robots.make(config.robot.name, config)
-    try:
-        return robot.obs_space, robot.act_space
-    finally:
-        close = getattr(robot, "close", None) or getattr(robot, "disconnect", None)
-        try:
-            close()
-        except Exception:  # noqa: BLE001 - never connected; nothing else to release
-            pass
-
-
 def latency(config_path: str, calls: int) -> tuple[float, float, str]:
     config = load_config(config_path, overrides=["device=cpu"])
-    obs_space, act_space = spaces_of(config)
+    obs_space, act_space = robots.spaces(config.robot.name, config)
     agent = Agent(obs_space, act_space, config)
     rng = np.random.default_rng(0)
     obs = {

@@ -29,9 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daydream.config import load_config  # noqa: E402
-from daydream.safety import SafetySupervisor  # noqa: E402
-from robots.base import Robot, Space, step_spaces  # noqa: E402
+from daydream.core.config import load_config  # noqa: E402
+from daydream.core.spaces import Space, step_spaces  # noqa: E402
+from daydream.safety.supervisor import SafetySupervisor  # noqa: E402
+from robots.base import Robot  # noqa: E402
 
 TICK = 0.05
 
@@ -100,11 +101,11 @@ def control_loop(sup: SafetySupervisor, done: threading.Event, stall: threading.
 
 
 def measure_stops(repeats: int) -> dict[str, list[float]]:
-    from daydream.keys import create_keys
-    from daydream.teleop.console import ConsoleClient, ConsoleServer
-    from daydream.teleop.keyboard import KeyboardTeleop
+    from daydream.safety.console import ConsoleClient, ConsoleServer
+    from daydream.safety.keyboard import KeyboardTeleop
+    from daydream.wire.curve import create_keys
 
-    config = load_config(overrides=["safety.watchdog_deadline=0.2"])
+    config = load_config(overrides=["safety.watchdog_deadline_s=0.2"])
     robot = NullRobot()
     sup = SafetySupervisor(robot, config.safety).start()
     keys = Path(tempfile.mkdtemp(prefix="daydream-bench-keys-"))
@@ -135,7 +136,7 @@ def measure_stops(repeats: int) -> dict[str, list[float]]:
                     client.request_stop()
                 else:
                     stall.set()
-                    deadline = float(config.safety.watchdog_deadline)
+                    deadline = float(config.safety.watchdog_deadline_s)
                     while len(robot.stop_times) == n:
                         time.sleep(0.001)
                     t0 = robot.last_command + deadline

@@ -24,7 +24,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 def _run(name: str, overrides: list[str], steps: int) -> float:
     import robots
-    from daydream.config import load_config
+    from daydream.core.config import load_config
 
     config = load_config(overrides=[f"robot.name={name}", *overrides])
     robot = robots.make(name, config)

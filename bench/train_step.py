@@ -69,9 +69,9 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
     import numpy as np
     import torch
 
-    from daydream.agent import Agent
-    from daydream.config import load_config
-    from robots.base import Space, step_spaces
+    from daydream.agent.agent import Agent
+    from daydream.core.config import load_config
+    from daydream.core.spaces import Space, step_spaces
 
     torch.set_num_threads(threads)
     algo, overrides = CONFIGS[name]
@@ -103,7 +103,7 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     # the world-model update alone (representation objective + its optimiser step)
-    from daydream.world_model import preprocess, to_torch
+    from daydream.agent.world_model import preprocess, to_torch
 
     wm_times, wm_cpu_times = [], []
     for _ in range(updates):

@@ -5,7 +5,7 @@
 
 Setup: a gateway (CURVE on, in-memory replay) in a child process plays the learner and
 publishes policy weights of the config's model (default: the DayDreamer UR5 model at
-full size); this process runs a real ``Actor`` (network thread, outbox, PolicySlots,
+full size); this process runs a real ``RobotActor`` (network thread, outbox, PolicySlots,
 SafetySupervisor) on a robot with the UR5's observation/action spaces that answers
 instantly, so the tick is the policy plus the supervisor.
 
@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import robots  # noqa: E402
-from daydream.config import load_config  # noqa: E402
+from daydream.core.config import load_config  # noqa: E402
 from robots.base import Robot  # noqa: E402
 
 SPACES: dict = {}
@@ -87,18 +87,22 @@ def make_instant(config, **_) -> InstantRobot:
     return InstantRobot(SPACES["obs"], SPACES["act"], int(config.ur5.episode_length))
 
 
+def instant_spaces(config) -> tuple[dict, dict]:
+    return SPACES["obs"], SPACES["act"]
+
+
 def publisher(config_path: str, overrides: list[str], key_dir: str, conn) -> None:
     """The learner's side: a gateway and versioned weights of the full model."""
     import torch
 
-    from daydream.agent import Agent
-    from daydream.gateway import Gateway
-    from daydream.learner import robot_spaces
-    from daydream.replay_actor import ReplayService
+    import robots
+    from daydream.agent.agent import Agent
+    from daydream.replay.service import ReplayService
+    from daydream.wire.gateway import Gateway
 
     torch.set_num_threads(1)
     config = load_config(config_path, overrides=overrides)
-    obs_space, act_space = robot_spaces(config)
+    obs_space, act_space = robots.spaces(config.robot.name, config)
     agent = Agent(obs_space, act_space, config, device="cpu")
     replay = ReplayService(10**6)
     gateway = Gateway(replay, "tcp://127.0.0.1:*", curve=True, key_dir=key_dir)
@@ -131,8 +135,8 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[])
     args = parser.parse_args()
 
-    from daydream.actor import Actor
-    from daydream.keys import create_keys
+    from daydream.runtime.robot_actor import RobotActor
+    from daydream.wire.curve import create_keys
 
     tmp = Path(tempfile.mkdtemp(prefix="daydream-bench-weights-"))
     create_keys(tmp / "keys", ["actor"])
@@ -140,8 +144,8 @@ def main() -> int:
         *args.overrides,
         f"logdir={tmp}",
         f"transport.key_dir={tmp / 'keys'}",
-        f"actor.period={args.period}",
-        "actor.status_every=1000",
+        f"actor.period_s={args.period}",
+        "actor.status_every_s=1000",
         "device=cpu",
     ]
     ctx = mp.get_context("spawn")
@@ -151,9 +155,9 @@ def main() -> int:
     proc.start()
     endpoint, obs_space, act_space = conn.recv()
     SPACES.update(obs=obs_space, act=act_space)
-    robots.register("bench_instant", "__main__:make_instant")
+    robots.register("bench_instant", "__main__:make_instant", "__main__:instant_spaces")
     config = load_config(args.config, overrides=overrides)
-    actor = Actor(config, endpoint, "bench", robot_name="bench_instant")
+    actor = RobotActor.networked(config, endpoint, "bench", robot_name="bench_instant")
     thread = threading.Thread(target=actor.run, daemon=True)
     published: dict[int, float] = {}
     size = 0

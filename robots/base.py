@@ -1,90 +1,32 @@
-"""The robot interface every driver implements, real or simulated.
+"""The robot contract every driver implements, real or simulated.
 
-A robot declares its observation and action spaces before it connects, so that the
-agent can be built (and a checkpoint checked) without touching hardware.
+A robot declares its observation and action spaces before it connects (and
+``robots.spaces(name, config)`` gives them from the config alone, without building
+the robot), so that the agent can be built and a checkpoint checked without hardware.
+Observations and actions are flat dicts of numpy arrays (``daydream.core.spaces``).
 
-Observations are flat dicts of numpy arrays. Every observation carries:
-    reward       float32 ()   reward for arriving in this state
-    is_first     bool    ()   first step of an episode (the model resets its state)
-    is_last      bool    ()   last step of an episode (call reset() next)
-    is_terminal  bool    ()   the episode ended in a terminal state (no bootstrapping)
-plus the robot's sensors: images as (H, W, C) uint8, vectors as (N,) float32.
+The command path, in the order the safety supervisor calls it::
 
-Actions are a dict with the key ``action``: a float32 vector in [low, high] for
-continuous robots, or a one-hot float32 vector of length N for discrete robots.
+    limit_command(action) -> (limited, notes)   the robot's own limits: workspace box, joint
+                                                limits, per-tick motion; clamps or raises
+                                                LimitViolation to refuse
+    step(limited)         -> observation        executes exactly what it is given (a command
+                                                outside the limits is a fault, never clamped)
+
+so the action the supervisor returns, the replay stores and the model consumes is the
+one the robot really executed. What an action means (the reward, the episode) is the
+task's (``robots.tasks``); the driver owns the hardware.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 
-STEP_KEYS = ("reward", "is_first", "is_last", "is_terminal")
-
-
-@dataclass(frozen=True)
-class Space:
-    """Shape, dtype and bounds of one array in an observation or action."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype = field(default=np.dtype(np.float32))
-    low: float | np.ndarray | None = None
-    high: float | np.ndarray | None = None
-    discrete: bool = False  # actions only: one-hot over shape[0] choices
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        object.__setattr__(self, "dtype", np.dtype(self.dtype))
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.shape) == 3 and self.dtype == np.uint8
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """A uniformly random value of this space (one-hot for discrete spaces)."""
-        if self.discrete:
-            out = np.zeros(self.shape, self.dtype)
-            out[rng.integers(self.shape[0])] = 1
-            return out
-        low = -1.0 if self.low is None else self.low
-        high = 1.0 if self.high is None else self.high
-        return rng.uniform(low, high, self.shape).astype(self.dtype)
-
-
-def step_spaces() -> dict[str, Space]:
-    """The spaces of the keys every observation carries."""
-    return {
-        "reward": Space((), np.float32),
-        "is_first": Space((), bool),
-        "is_last": Space((), bool),
-        "is_terminal": Space((), bool),
-    }
-
-
-class ObservationError(ValueError):
-    """An observation that does not match the robot's declared space."""
-
-
-def validate(
-    values: dict[str, np.ndarray], spaces: dict[str, Space], what: str = "observation"
-) -> None:
-    """Raise ObservationError naming the key, expected and actual shape/dtype on a mismatch."""
-    missing = set(spaces) - set(values)
-    if missing:
-        raise ObservationError(f"{what} is missing keys {sorted(missing)}")
-    for key, space in spaces.items():
-        value = np.asarray(values[key])
-        if value.shape != space.shape:
-            raise ObservationError(
-                f"{what} key '{key}' has shape {value.shape}, expected {space.shape}"
-            )
-        if value.dtype != space.dtype:
-            raise ObservationError(
-                f"{what} key '{key}' has dtype {value.dtype}, expected {space.dtype} "
-                f"(shape {space.shape})"
-            )
+from daydream.core.spaces import Space
 
 
 class RobotFault(RuntimeError):
@@ -108,7 +50,7 @@ class LimitViolation(ValueError):
 
 
 class Robot(abc.ABC):
-    """A robot (or simulated robot): its spaces, its connection, and how it stops.
+    """A robot (or simulated robot): its spaces, its connection, its limits, and how it stops.
 
     Subclasses own their hardware connection. Usable as a context manager:
     ``with make(...) as robot: obs = robot.reset()``.
@@ -120,6 +62,9 @@ class Robot(abc.ABC):
     act_space: dict[str, Space]
     #: seconds per control tick (the rate the driver expects to be stepped at)
     control_period: float = 0.0
+    #: a simulation (nothing physical moves): only such a robot may be paused between ticks
+    #: (single-process training, a simulated robot holding the training ratio)
+    simulated: bool = False
 
     @abc.abstractmethod
     def connect(self) -> None:
@@ -131,7 +76,8 @@ class Robot(abc.ABC):
 
     @abc.abstractmethod
     def step(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Execute one action and return the next observation."""
+        """Execute exactly ``action`` (already passed through :meth:`limit_command`) and
+        return the next observation. A command outside the robot's limits raises RobotFault."""
 
     @abc.abstractmethod
     def stop(self, hard: bool = False) -> None:
@@ -147,11 +93,34 @@ class Robot(abc.ABC):
         """Apply this robot's own limits (workspace box, joint limits, tool speed) to a command.
 
         Called by the safety supervisor after its generic limits (action bounds, per-step
-        change) and right before :meth:`step`. Returns the possibly clamped action and
+        change) and right before :meth:`step`. Returns the action to execute, expressed in
+        the action space (so that it can be stored and fed to the model), and
         human-readable notes on what was changed (empty when nothing was). Raise
         :class:`LimitViolation` to refuse the command. The default passes it through.
         """
         return action, []
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Simulated robots only: inside this block no time passes for the robot (its
+        controller watchdog and board timeout are suspended), so the caller may think as
+        long as it needs between two ticks. A real robot refuses: it never waits."""
+        if not self.simulated:
+            raise RuntimeError(
+                f"{type(self).__name__} is a real robot: it cannot be paused between ticks "
+                "(run the learner beside it: daydream run, or daydream learner + daydream actor)"
+            )
+        self._pause()
+        try:
+            yield
+        finally:
+            self._resume()
+
+    def _pause(self) -> None:  # noqa: B027 - a hook: most simulations have nothing to pause
+        """Suspend the simulation's watchdogs (simulated drivers override this)."""
+
+    def _resume(self) -> None:  # noqa: B027
+        """Let the simulation's watchdogs count again, from now."""
 
     def __enter__(self) -> Robot:
         self.connect()

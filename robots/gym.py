@@ -12,11 +12,14 @@ import cv2
 import gymnasium
 import numpy as np
 
-from robots.base import Robot, Space, step_spaces
+from daydream.core.spaces import Space, step_spaces
+from robots.base import Robot
 
 
 class GymRobot(Robot):
     """Owns one gymnasium environment and converts it to the robot interface."""
+
+    simulated = True
 
     def __init__(
         self,
@@ -110,3 +113,13 @@ class GymRobot(Robot):
 def make_gym_robot(config, **_) -> GymRobot:
     g = config.gym
     return GymRobot(g.env, g.obs, tuple(g.image_size), g.action_repeat, g.time_limit, config.seed)
+
+
+def gym_spaces(config) -> tuple[dict[str, Space], dict[str, Space]]:
+    """The spaces of the configured environment (gymnasium has to make it to know them; no
+    hardware is involved, and it is closed again at once)."""
+    robot = make_gym_robot(config)
+    try:
+        return dict(robot.obs_space), dict(robot.act_space)
+    finally:
+        robot.disconnect()

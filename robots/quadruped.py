@@ -1,23 +1,22 @@
-"""A 12-servo quadruped on a serial servo board, and its `walk` task (after DayDreamer's A1).
+"""A 12-servo quadruped on a serial servo board (the `walk` task is robots/tasks.py's).
 
 The driver talks to the board with robots/protocol.py over pyserial, exactly the
 same way for a real board on /dev/ttyUSB0 and for the virtual board on a
 pseudo-terminal (robots/sim/). Every command is answered by one TELEMETRY frame
 that carries the command's sequence number; the driver waits for that answer.
 
-Task `walk` (reset-free, as on DayDreamer's A1):
-- action: 12 values in [-1, 1]; 0 is the standing pose, +-1 is ``action_fraction``
-  of the way from the standing pose to the upper / lower joint limit. The target
-  then moves at most ``max_delta`` rad per tick from the previous target.
-- reward: upright * (1 + cos(roll) cos(pitch)) / 2
-          + forward * clip(forward_velocity / target_speed, -1, 1)
-- episodes: ``episode_length`` ticks, ``is_terminal`` always false. ``reset()`` does
-  not reposition the robot; it stands it up only if it has fallen. During an
-  episode, a robot fallen for ``standup.fallen_steps`` ticks in a row is stood up
-  too (0 disables that), and the episode goes on.
+The walk task (robots/tasks.py ``WalkTask``, reset-free as on DayDreamer's A1) says what
+an action means (joint targets around the standing pose) and gives the reward. The
+driver owns the hardware limits: ``limit_command`` moves each joint target at most
+``max_delta`` rad per tick from the previous one and keeps it within the joint limits,
+and returns that as the action executed; ``step`` sends exactly its targets (targets
+beyond the limits are a RobotFault, never clamped). ``reset()`` does not reposition
+the robot; it stands it up only if it has fallen. During an episode, a robot fallen
+for ``standup.fallen_steps`` ticks in a row is stood up too (0 disables that), and the
+episode goes on.
 
 Connection handling: ``connect()`` opens the port, arms the board's command timeout
-(``board_timeout`` s, then ``timeout_action``) and sends the gains. A missing answer
+(``board_timeout_s``, then ``timeout_action``) and sends the gains. A missing answer
 is re-requested ``reply_retries`` times, then the driver raises ConnectionLost; a
 board that timed out raises ConnectionLost; board fault bits raise RobotFault.
 """
@@ -33,8 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 import serial
 
+from daydream.core.spaces import Space, step_spaces, validate
 from robots import protocol as P
-from robots.base import ConnectionLost, Robot, RobotFault, Space, step_spaces, validate
+from robots.base import ConnectionLost, Robot, RobotFault
+from robots.tasks import WalkTask
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,38 @@ def _per_joint(values: Any, what: str) -> np.ndarray:
     raise ValueError(f"quadruped.{what} needs 1, 3 (per leg) or 12 values, got {arr.size}")
 
 
+_LIMIT_TOLERANCE = 1e-4  # rad: float rounding of a target computed at a limit
+
+
+def _sensor_spaces(cfg: Any) -> dict[str, Space]:
+    spaces = {
+        "joint_pos": Space((N,), np.float32),
+        "joint_vel": Space((N,), np.float32),
+        "imu": Space((5,), np.float32),  # roll, pitch, roll rate, pitch rate, yaw rate
+        **step_spaces(),
+    }
+    if cfg.image.enabled:
+        h, w = (int(s) for s in cfg.image.size)
+        spaces["image"] = Space((h, w, 3), np.uint8, 0, 255)
+    return spaces
+
+
+def quadruped_spaces(config: Any) -> tuple[dict[str, Space], dict[str, Space]]:
+    """The observation and action spaces of the quadruped (real or simulated) from the config."""
+    return _sensor_spaces(config.quadruped), {"action": Space((N,), np.float32, -1.0, 1.0)}
+
+
+def make_walk_task(cfg: Any, stand_pose: np.ndarray, lower: np.ndarray, upper: np.ndarray):
+    """The walk task from the ``quadruped`` block and the robot's joint geometry."""
+    return WalkTask(
+        stand_pose, lower, upper, cfg.action_fraction, cfg.reward.upright, cfg.reward.forward,
+        cfg.reward.target_speed, cfg.episode_length, cfg.standup.upright_threshold,
+    )  # fmt: skip
+
+
 class Quadruped(Robot):
-    """The quadruped driver: owns the serial port, the board's state and the walk task.
+    """The quadruped driver: owns the serial port, the board's state, the joint limits and the
+    stand-up routine; runs the walk task.
 
     ``cfg`` is the ``quadruped`` config block. ``camera``, if given, returns an
     (H, W, 3) uint8 frame for the ``image`` key; ``companion`` is started on connect
@@ -78,10 +109,10 @@ class Quadruped(Robot):
     ) -> None:
         self.port = str(cfg.port)
         self.baudrate = int(cfg.baudrate)
-        self.read_timeout = float(cfg.read_timeout)
-        self.reply_timeout = float(cfg.reply_timeout)
+        self.read_timeout = float(cfg.read_timeout_s)
+        self.reply_timeout = float(cfg.reply_timeout_s)
         self.reply_retries = int(cfg.reply_retries)
-        self.board_timeout = float(cfg.board_timeout)
+        self.board_timeout = float(cfg.board_timeout_s)
         action = str(cfg.timeout_action).lower()
         if action not in ("relax", "hold"):
             raise ValueError(
@@ -90,28 +121,23 @@ class Quadruped(Robot):
         self.timeout_action = P.TimeoutAction.HOLD if action == "hold" else P.TimeoutAction.RELAX
         if 0 < self.board_timeout <= self.reply_timeout:
             raise ValueError(
-                f"quadruped.reply_timeout ({self.reply_timeout} s) must be shorter than "
-                f"quadruped.board_timeout ({self.board_timeout} s): the driver re-asks a lost "
+                f"quadruped.reply_timeout_s ({self.reply_timeout} s) must be shorter than "
+                f"quadruped.board_timeout_s ({self.board_timeout} s): the driver re-asks a lost "
                 "answer after reply_timeout, and the board must not time out meanwhile"
             )
-        self.control_period = float(cfg.control_period)
+        self.control_period = float(cfg.control_period_s)
         self.pace = bool(cfg.pace)
         self.lower = _per_joint(cfg.joint_lower, "joint_lower")
         self.upper = _per_joint(cfg.joint_upper, "joint_upper")
         self.stand_pose = np.clip(_per_joint(cfg.stand_pose, "stand_pose"), self.lower, self.upper)
         if np.any(self.lower >= self.upper):
             raise ValueError("quadruped.joint_lower must be below quadruped.joint_upper")
-        self.action_fraction = float(cfg.action_fraction)
         self.max_delta = float(cfg.max_delta)
         self.kp = _per_joint(cfg.kp, "kp")
         self.kd = _per_joint(cfg.kd, "kd")
-        self.episode_length = int(cfg.episode_length)
-        self.w_upright = float(cfg.reward.upright)
-        self.w_forward = float(cfg.reward.forward)
-        self.target_speed = float(cfg.reward.target_speed)
-        self.upright_threshold = float(cfg.standup.upright_threshold)
+        self.task = make_walk_task(cfg, self.stand_pose, self.lower, self.upper)
         self.fallen_steps = int(cfg.standup.fallen_steps)
-        self.standup_timeout = float(cfg.standup.timeout)
+        self.standup_timeout = float(cfg.standup.timeout_s)
 
         self.image_enabled = bool(cfg.image.enabled)
         if self.image_enabled and camera is None:
@@ -122,16 +148,8 @@ class Quadruped(Robot):
         self.camera = camera if self.image_enabled else None
         self.companion = companion
 
-        self.obs_space = {
-            "joint_pos": Space((N,), np.float32, self.lower, self.upper),
-            "joint_vel": Space((N,), np.float32),
-            "imu": Space((5,), np.float32),  # roll, pitch, roll rate, pitch rate, yaw rate
-            **step_spaces(),
-        }
-        if self.image_enabled:
-            h, w = (int(s) for s in cfg.image.size)
-            self.obs_space["image"] = Space((h, w, 3), np.uint8, 0, 255)
-        self.act_space = {"action": Space((N,), np.float32, -1.0, 1.0)}
+        self.obs_space = _sensor_spaces(cfg)
+        self.act_space = dict(self.task.act_space)
 
         self._serial: serial.Serial | None = None
         self._decoder = P.FrameDecoder()
@@ -197,6 +215,14 @@ class Quadruped(Robot):
             log.warning("quadruped stop(%s) could not be sent: %s (the board's own "
                         "timeout still stops it)", "hard" if hard else "soft", e)
 
+    def _pause(self) -> None:
+        if hasattr(self.companion, "pause"):
+            self.companion.pause()
+
+    def _resume(self) -> None:
+        if hasattr(self.companion, "resume"):
+            self.companion.resume()
+
     def clear_faults(self) -> None:
         """Clear the board's latched faults (after a person fixed their cause)."""
         self._transact(P.ClearFaults())
@@ -216,12 +242,31 @@ class Quadruped(Robot):
         self._last_tick = time.monotonic()
         return self._observation(tel, reward=0.0, first=True, last=False)
 
+    def limit_command(
+        self, action: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Each joint target moves at most ``max_delta`` from the previous one and stays within
+        the joint limits; returned as the action whose targets those are."""
+        a = np.clip(np.asarray(action["action"], np.float32), -1.0, 1.0)
+        wanted = self.task.targets_for(a)
+        step = np.clip(wanted - self._targets, -self.max_delta, self.max_delta)
+        limited = np.clip(self._targets + step, self.lower, self.upper)
+        if np.allclose(limited, wanted, rtol=0, atol=1e-6):
+            return {"action": a}, []
+        notes = []
+        if not np.array_equal(step, wanted - self._targets):
+            notes.append(f"joint targets moved at most max_delta {self.max_delta} rad")
+        if not np.array_equal(limited, self._targets + step):
+            notes.append("joint targets kept within the joint limits")
+        return {"action": self.task.action_for(limited)}, notes
+
     def step(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Send exactly the targets of ``action`` (already limited by ``limit_command``)."""
         self._require_connected()
         if self._stopped:
             raise RobotFault("quadruped is stopped (stop() was called); call reset() to go on")
         validate(action, self.act_space, "action")
-        self._targets = self.targets_for(action["action"], self._targets)
+        self._targets = self._checked_targets(self.task.targets_for(action["action"]))
         if self.pace:
             delay = self._last_tick + self.control_period - time.monotonic()
             if delay > 0:
@@ -234,7 +279,7 @@ class Quadruped(Robot):
                 "something else stopped it; call reset() to re-enable"
             )
         self._step += 1
-        reward = self.reward(tel)
+        reward = self.task.reward(tel.imu, tel.forward_velocity)
         if self._fallen(tel):
             self._fallen_for += 1
             if self.fallen_steps and self._fallen_for >= self.fallen_steps:
@@ -244,28 +289,27 @@ class Quadruped(Robot):
                 self._fallen_for = 0
         else:
             self._fallen_for = 0
-        last = self._step >= self.episode_length
+        last = self._step >= self.task.episode_length
         return self._observation(tel, reward=reward, first=False, last=last)
 
-    # ------------------------------------------------------------ task
-    def targets_for(self, action: np.ndarray, previous: np.ndarray) -> np.ndarray:
-        """Joint targets for an action in [-1, 1], at most max_delta from ``previous``."""
-        a = np.clip(np.nan_to_num(np.asarray(action, np.float32)), -1.0, 1.0)
-        up = self.stand_pose + a * self.action_fraction * (self.upper - self.stand_pose)
-        down = self.stand_pose + a * self.action_fraction * (self.stand_pose - self.lower)
-        wanted = np.where(a >= 0, up, down)
-        step = np.clip(wanted - previous, -self.max_delta, self.max_delta)
-        return np.clip(previous + step, self.lower, self.upper).astype(np.float32)
-
-    def reward(self, tel: P.Telemetry) -> float:
-        """Upright pose plus forward velocity (see the module docstring)."""
-        upright = (1.0 + np.cos(tel.imu[0]) * np.cos(tel.imu[1])) / 2.0
-        vx = 0.0 if not np.isfinite(tel.forward_velocity) else tel.forward_velocity
-        forward = np.clip(vx / self.target_speed, -1.0, 1.0) if self.target_speed > 0 else 0.0
-        return float(self.w_upright * upright + self.w_forward * forward)
+    # ------------------------------------------------------------ limits
+    def _checked_targets(self, targets: np.ndarray) -> np.ndarray:
+        """``targets`` if within max_delta of the previous ones and the joint limits (up to
+        float rounding); a RobotFault otherwise: a command that skipped limit_command."""
+        tol = _LIMIT_TOLERANCE
+        if (
+            np.any(np.abs(targets - self._targets) > self.max_delta + tol)
+            or np.any(targets < self.lower - tol)
+            or np.any(targets > self.upper + tol)
+        ):
+            raise RobotFault(
+                f"refused joint targets {np.round(targets, 3).tolist()}: beyond max_delta or the "
+                "joint limits (commands must pass limit_command)"
+            )
+        return np.clip(targets, self.lower, self.upper).astype(np.float32)
 
     def _fallen(self, tel: P.Telemetry) -> bool:
-        return float(np.cos(tel.imu[0]) * np.cos(tel.imu[1])) < self.upright_threshold
+        return self.task.fallen(tel.imu)
 
     def _stand_up(self) -> P.Telemetry:
         """Ask the board to stand up; poll until it has finished and stands upright."""
@@ -371,7 +415,7 @@ class Quadruped(Robot):
                 f"quadruped board timed out during {during}: no command for more than "
                 f"{self.board_timeout:.2f} s, so it "
                 f"{'held' if self.timeout_action == P.TimeoutAction.HOLD else 'relaxed'} the "
-                "servos (policy stall? raise quadruped.board_timeout); call reset() to go on"
+                "servos (policy stall? raise quadruped.board_timeout_s); call reset() to go on"
             )
         return tel
 

@@ -1,29 +1,24 @@
 """Universal Robots UR5 through ur_rtde, with a Robotiq 2F gripper and a camera.
 
-The driver owns the task (what an action means, the reward, the episode), the
-safety limits it applies before anything reaches the controller, and the checks
-that the controller is alive. The hardware is injected as factories so that the
-same class runs on ``rtde_control``/``rtde_receive`` or on the simulated controller
-(robots/sim/sim_ur5.py):
+The driver owns the hardware: the connection, the workspace box every command stays
+inside, the checks that the controller is alive, and the stop. What an action means (the
+reward, the episode's target) is its task's (robots/tasks.py: ``reach``, ``pick_place``).
+The hardware is injected as factories so that the same class runs on
+``rtde_control``/``rtde_receive`` or on the simulated controller (robots/sim/sim_ur5.py):
 
-    UR5(config.ur5, control=lambda: RTDEControlInterface(ip),
+    UR5(config.ur5, task=make_ur5_task(config.ur5), control=lambda: RTDEControlInterface(ip),
         receive=lambda: RTDEReceiveInterface(ip), gripper=lambda: RobotiqGripper(ip),
         camera=lambda: Camera(...))
 
-Tasks (``ur5.task``):
-- ``pick_place`` (DayDreamer): one-hot actions over PICK_PLACE_ACTIONS on a grid of
-  ``grid`` metres at fixed Z levels; reward +1 for a grasp, -1 for a release over the
-  bin the cube came from, +10 for a release over the other bin.
-- ``reach``: actions in [-1, 1]^3 scaled by ``max_step`` metres; reward is minus the
-  distance from the TCP to a random target, which is part of the observation.
-
-Safety, in the driver: every commanded TCP position is clipped to the workspace box
-and to the per-step motion limit before it is sent; the orientation is held fixed.
-The controller's watchdog is armed on connect and kicked every tick. A protective or
-emergency stop raises ProtectiveStop; a lost link or state that stopped updating
-raises ConnectionLost (ur_rtde's getters keep returning stale values after a
-disconnect, so the driver checks ``isConnected()`` and that the controller timestamp
-advances). Either ends the episode; the safety supervisor latches it.
+Limits: ``limit_command`` asks the task for the command that keeps the TCP inside the
+workspace box (a reach step is shortened at the box, expressed as the action that was
+executed); ``step`` executes exactly that, and a target outside the box is a RobotFault,
+never clamped. The orientation is held fixed. The controller's watchdog is armed on
+connect and kicked every tick. A protective or emergency stop raises ProtectiveStop; a
+lost link or state that stopped updating raises ConnectionLost (ur_rtde's getters keep
+returning stale values after a disconnect, so the driver checks ``isConnected()`` and
+that the controller timestamp advances). Either ends the episode; the safety
+supervisor latches it.
 """
 
 from __future__ import annotations
@@ -35,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from robots.base import ConnectionLost, ProtectiveStop, Robot, RobotFault, Space, step_spaces
+from daydream.core.spaces import Space, step_spaces
+from robots.base import ConnectionLost, ProtectiveStop, Robot, RobotFault
+from robots.tasks import PICK_PLACE_ACTIONS, PickPlaceTask, ReachTask, make_ur5_task
 
-PICK_PLACE_ACTIONS = ("+x", "-x", "+y", "-y", "lower", "raise", "toggle_gripper")
-_MOVES = {0: (1, 0), 1: (-1, 0), 2: (0, 1), 3: (0, -1)}  # action -> (dx, dy) in grid cells
-_GRASPED = 2  # Robotiq OBJ status: stopped on an object while closing
+__all__ = ["UR5", "PICK_PLACE_ACTIONS", "StaleStateDetector", "make_ur5", "ur5_spaces"]
+_BOX_TOLERANCE = 1e-6  # metres: rounding of a command computed at the box's face
 
 
 def _plain(block: Any) -> dict:
@@ -93,27 +89,45 @@ class StaleStateDetector:
             time.sleep(self.poll)
 
 
+def _sensor_spaces(cfg: dict) -> dict[str, Space]:
+    h, w = cfg["camera"]["size"]
+    return {
+        "image": Space((h, w, 3), np.uint8),
+        "tcp_pose": Space((6,), np.float32),
+        "joints": Space((6,), np.float32),
+        "gripper": Space((1,), np.float32, 0.0, 1.0),
+        **step_spaces(),
+    }
+
+
+def ur5_spaces(config: Any) -> tuple[dict[str, Space], dict[str, Space]]:
+    """The observation and action spaces of the UR5 (real or simulated) from the config."""
+    cfg = _plain(config.ur5)
+    task = make_ur5_task(cfg)
+    return {**_sensor_spaces(cfg), **task.obs_space}, dict(task.act_space)
+
+
 class UR5(Robot):
-    """Owns one UR5 cell: arm (via ur_rtde interfaces), gripper, camera, task and its limits."""
+    """Owns one UR5 cell's hardware: arm (via ur_rtde interfaces), gripper, camera, the
+    workspace box and the health checks; runs the task it is given."""
 
     def __init__(
         self,
         config: Any,
+        task: ReachTask | PickPlaceTask,
         control: Callable[[], Any],
         receive: Callable[[], Any],
         gripper: Callable[[], Any],
         camera: Callable[[], Any],
         reset_hook: Callable[[], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
-        seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        pause: tuple[Callable[[], None], Callable[[], None]] | None = None,
     ) -> None:
         cfg = _plain(config)
         self.cfg = cfg
-        self.task = cfg["task"]
-        if self.task not in ("pick_place", "reach"):
-            raise ValueError(f"unknown ur5 task '{self.task}'; use pick_place or reach (ur5.task)")
-        self.control_period = float(cfg["control_period"])
+        self.task = task
+        self.control_period = float(cfg["control_period_s"])
         self.episode_length = int(cfg["episode_length"])
         self.low = np.asarray(cfg["workspace"]["low"], np.float64)
         self.high = np.asarray(cfg["workspace"]["high"], np.float64)
@@ -121,34 +135,15 @@ class UR5(Robot):
             raise ValueError(f"ur5.workspace.low {self.low} must be below high {self.high}")
         self.rotation = np.asarray(cfg["tool_rotation"], np.float64)
         self.home = np.clip(np.asarray(cfg["home"], np.float64), self.low, self.high)
-        self.bins = [tuple(map(float, b)) for b in cfg["bins"]]
-        pp, reach = cfg["pick_place"], cfg["reach"]
-        self.grid = float(pp["grid"])
-        self.z_levels = sorted(float(z) for z in pp["z_levels"])
-        self.rewards = {k: float(v) for k, v in pp["rewards"].items()}
-        self.max_step = float(reach["max_step"])
-        # Largest per-axis distance one step may move the TCP.
-        self.step_limit = self.grid if self.task == "pick_place" else self.max_step
-        h, w = cfg["camera"]["size"]
 
         self._factories = (control, receive, gripper, camera)
         self._reset_hook = reset_hook
         self._on_disconnect = on_disconnect
-        self._rng = np.random.default_rng(seed)
+        self._pause_hooks = pause  # a simulated cell's (pause, resume)
         self._stale = StaleStateDetector(float(cfg["stale_periods"]) * self.control_period, clock)
 
-        self.obs_space = {
-            "image": Space((h, w, 3), np.uint8),
-            "tcp_pose": Space((6,), np.float32),
-            "joints": Space((6,), np.float32),
-            "gripper": Space((1,), np.float32, 0.0, 1.0),
-            **step_spaces(),
-        }
-        if self.task == "pick_place":
-            self.act_space = {"action": Space((len(PICK_PLACE_ACTIONS),), discrete=True)}
-        else:
-            self.obs_space["target"] = Space((3,), np.float32)
-            self.act_space = {"action": Space((3,), np.float32, -1.0, 1.0)}
+        self.obs_space = {**_sensor_spaces(cfg), **task.obs_space}
+        self.act_space = dict(task.act_space)
 
         self.control: Any = None
         self.receive: Any = None
@@ -158,10 +153,6 @@ class UR5(Robot):
         self._step_lock = threading.Lock()
         self._steps = 0
         self._episode_over = True
-        self._closed = False
-        self._holding = False
-        self._grasp_bin: int | None = None
-        self.target = self.home.copy()
 
     # ------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -250,13 +241,28 @@ class UR5(Robot):
                 "at the pendant); reconnect the robot to upload it again"
             )
 
-    def clamp(self, position: np.ndarray, current: np.ndarray) -> np.ndarray:
-        """The position to command: within one step of ``current`` and inside the workspace."""
-        position = np.clip(position, current - self.step_limit, current + self.step_limit)
-        return np.clip(position, self.low, self.high)
+    def limit_command(
+        self, action: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The task's command that keeps the TCP inside the workspace box."""
+        if self.control is None:
+            return action, []
+        limited, notes = self.task.limit(np.asarray(action["action"], np.float32), self)
+        return {"action": limited}, notes
 
-    def _move(self, position: np.ndarray) -> None:
-        position = np.clip(position, self.low, self.high)  # never command outside the box
+    def move_to(self, position: np.ndarray) -> None:
+        """moveL to ``position`` with the fixed tool orientation. A position outside the
+        workspace box is a RobotFault (limit_command keeps commands inside; never clamped)."""
+        position = np.asarray(position, np.float64)
+        if np.any(position < self.low - _BOX_TOLERANCE) or np.any(
+            position > self.high + _BOX_TOLERANCE
+        ):
+            self._episode_over = True
+            raise RobotFault(
+                f"refused moveL to {np.round(position, 4).tolist()}: outside the workspace box "
+                f"{self.low.tolist()}..{self.high.tolist()} (commands must pass limit_command)"
+            )
+        position = np.clip(position, self.low, self.high)  # rounding at the box's face only
         pose = [*map(float, position), *map(float, self.rotation)]
         if not self.control.moveL(pose, float(self.cfg["speed"]), float(self.cfg["acceleration"])):
             self._episode_over = True
@@ -266,11 +272,8 @@ class UR5(Robot):
                 "(unreachable pose?); check ur5.workspace and ur5.home"
             )
 
-    def _bin_of(self, position: np.ndarray) -> int | None:
-        for i, (x0, y0, x1, y1) in enumerate(self.bins):
-            if x0 <= position[0] <= x1 and y0 <= position[1] <= y1:
-                return i
-        return None
+    def tcp_position(self) -> np.ndarray:
+        return np.asarray(self.receive.getActualTCPPose()[:3], np.float64)
 
     def _observe(self, reward: float, first: bool) -> dict[str, np.ndarray]:
         self.check_health()
@@ -284,14 +287,10 @@ class UR5(Robot):
             "is_first": np.bool_(first),
             "is_last": np.bool_(self._steps >= self.episode_length),
             "is_terminal": np.bool_(False),
+            **self.task.observe(),
         }
-        if self.task == "reach":
-            obs["target"] = self.target.astype(np.float32)
         self._episode_over = bool(obs["is_last"])
         return obs
-
-    def _tcp_position(self) -> np.ndarray:
-        return np.asarray(self.receive.getActualTCPPose()[:3], np.float64)
 
     # ------------------------------------------------------------ episode
     def reset(self) -> dict[str, np.ndarray]:
@@ -302,21 +301,18 @@ class UR5(Robot):
             self.check_health()
             self.control.kickWatchdog()
             self.gripper.open()
-            self._closed = self._holding = False
-            self._grasp_bin = None
             if self._reset_hook is not None:
                 self._reset_hook()
-            here = self._tcp_position()
+            here = self.tcp_position()
             # Up to the travel height where the arm is, then across to home: two moves in the box.
-            self._move(np.array([here[0], here[1], self.home[2]]))
+            self.move_to(np.clip([here[0], here[1], self.home[2]], self.low, self.high))
             self.control.kickWatchdog()
-            self._move(self.home)
-            if self.task == "reach":
-                self.target = self._rng.uniform(self.low, self.high)
+            self.move_to(self.home)
             self._steps = 0
-            return self._observe(self._reward_reach() if self.task == "reach" else 0.0, True)
+            return self._observe(self.task.begin(self), True)
 
     def step(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Execute exactly ``action`` (already limited by ``limit_command``)."""
         with self._step_lock:
             if self.control is None or self._episode_over:
                 raise RuntimeError("the episode is over (or never started); call reset() first")
@@ -328,66 +324,24 @@ class UR5(Robot):
             try:
                 self.control.kickWatchdog()
                 self.check_health()
-                if self.task == "pick_place":
-                    reward = self._step_pick_place(int(np.argmax(act)))
-                else:
-                    reward = self._step_reach(act)
+                reward = self.task.execute(act, self)
                 self._steps += 1
                 return self._observe(reward, False)
             except RobotFault:
                 self._episode_over = True
                 raise
 
-    def _step_pick_place(self, index: int) -> float:
-        here = self._tcp_position()
-        if index == len(PICK_PLACE_ACTIONS) - 1:
-            return self._toggle_gripper(here)
-        goal = here.copy()
-        if index in _MOVES:
-            goal[:2] += np.asarray(_MOVES[index]) * self.grid
-        else:  # lower / raise to the next fixed Z level
-            levels = np.asarray(self.z_levels)
-            if index == 4:
-                below = levels[levels < here[2] - 1e-3]
-                goal[2] = below[-1] if below.size else levels[0]
-            else:
-                above = levels[levels > here[2] + 1e-3]
-                goal[2] = above[0] if above.size else levels[-1]
-        self._move(self.clamp_pick_place(goal, here))
-        return 0.0
+    def seed(self, seed: int) -> None:
+        """Reseed the task's randomness (the reach target)."""
+        self.task.seed(seed)
 
-    def clamp_pick_place(self, goal: np.ndarray, here: np.ndarray) -> np.ndarray:
-        """Grid moves change x/y by at most one grid cell; Z moves go between the fixed levels."""
-        out = goal.copy()
-        out[:2] = np.clip(goal[:2], here[:2] - self.grid, here[:2] + self.grid)
-        return np.clip(out, self.low, self.high)
+    def _pause(self) -> None:
+        if self._pause_hooks is not None:
+            self._pause_hooks[0]()
 
-    def _toggle_gripper(self, here: np.ndarray) -> float:
-        if not self._closed:
-            status = self.gripper.close()
-            self._closed = True
-            if status == _GRASPED:
-                self._holding, self._grasp_bin = True, self._bin_of(here)
-                return self.rewards["grasp"]
-            return 0.0
-        self.gripper.open()
-        self._closed = False
-        if not self._holding:
-            return 0.0
-        self._holding = False
-        where = self._bin_of(here)
-        if where is None:
-            return 0.0
-        return self.rewards["same_bin"] if where == self._grasp_bin else self.rewards["other_bin"]
-
-    def _step_reach(self, act: np.ndarray) -> float:
-        here = self._tcp_position()
-        delta = np.clip(np.nan_to_num(act.astype(np.float64)), -1.0, 1.0) * self.max_step
-        self._move(self.clamp(here + delta, here))
-        return self._reward_reach()
-
-    def _reward_reach(self) -> float:
-        return -float(np.linalg.norm(self._tcp_position() - self.target))
+    def _resume(self) -> None:
+        if self._pause_hooks is not None:
+            self._pause_hooks[1]()
 
 
 def make_ur5(config: Any) -> UR5:
@@ -411,9 +365,11 @@ def make_ur5(config: Any) -> UR5:
     g, c = cfg["gripper"], cfg["camera"]
     return UR5(
         cfg,
+        make_ur5_task(cfg, seed=int(config.seed)),
         control=control,
         receive=receive,
-        gripper=lambda: RobotiqGripper(ip, g["port"], g["timeout"], g["speed"], g["force"]),
-        camera=lambda: Camera(c["index"], c["size"], c["crop"], c["timeout"], c["freeze_timeout"]),
-        seed=int(config.seed),
+        gripper=lambda: RobotiqGripper(ip, g["port"], g["timeout_s"], g["speed"], g["force"]),
+        camera=lambda: Camera(
+            c["index"], c["size"], c["crop"], c["timeout_s"], c["freeze_timeout_s"]
+        ),
     )

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from daydream.agent import Agent
-from daydream.behavior import lambda_return
-from daydream.config import load_config
-from daydream.dists import OneHotST
-from daydream.rssm import RSSM
-from robots.base import Space, step_spaces
+from daydream.agent.agent import Agent
+from daydream.agent.behavior import lambda_return
+from daydream.agent.dists import OneHotST
+from daydream.agent.rssm import RSSM
+from daydream.core.config import load_config
+from daydream.core.spaces import Space, step_spaces
 from tests.tiny import tiny_model
 
 TINY = tiny_model(units=16, horizon=4)

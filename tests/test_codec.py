@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from daydream.codec import (
+from daydream.wire.codec import (
     ALIGN,
     ALLOWED_DTYPES,
     ARRAY_EXT,

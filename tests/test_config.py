@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daydream.config import ConfigError, load_config
+from daydream.core.config import ConfigError, load_config
 
 
 def test_defaults_then_algo_then_task_then_overrides():
@@ -45,3 +45,89 @@ def test_unknown_algorithm_lists_the_known_ones():
 def test_override_without_equals_says_how():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, overrides=["model.rssm.deter"])
+
+
+# ---------------------------------------------------------------- types: defaults are the schema
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("train.steps=abc", "train.steps", "an int"),
+        ("safety.watchdog_deadline_s=fast", "safety.watchdog_deadline_s", "a number"),
+        ("model.rssm.deter=1.5", "model.rssm.deter", "an int"),
+        ("transport.curve=maybe", "transport.curve", "true or false"),
+        ("ur5.workspace.low=0.3", "ur5.workspace.low", "a list of numbers"),
+        ("robot=5", "robot", "a block of keys"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_one_line_naming_key_value_and_type(override, key, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/pendulum.yaml", overrides=[override])
+    message = str(info.value)
+    assert "\n" not in message
+    value = override.split("=", 1)[1]
+    assert key in message and value in message and expected in message, message
+
+
+def test_a_wrong_type_in_a_task_file_names_the_file(tmp_path):
+    task = tmp_path / "task.yaml"
+    task.write_text("train:\n  batch_size: sixteen\n")
+    with pytest.raises(ConfigError, match=rf"train.batch_size: 'sixteen' is not an int \({task}"):
+        load_config(task)
+
+
+def test_values_are_converted_to_the_defaults_types():
+    config = load_config(None, overrides=["train.steps=1e5", "model.opt.lr=1", "seed=3"])
+    assert config.train.steps == 100000 and isinstance(config.train.steps, int)
+    assert config.model.opt.lr == 1.0 and isinstance(config.model.opt.lr, float)
+
+
+def test_derived_values_follow_their_source_unless_set_on_purpose():
+    config = load_config(None, overrides=["train.ratio=64", "train.prefill=300"])
+    assert config.replay.samples_per_insert == 64 and config.replay.min_size == 300
+    config = load_config(None, overrides=["train.ratio=64", "replay.samples_per_insert=0"])
+    assert config.replay.samples_per_insert == 0  # the limiter switched off on purpose
+
+
+VERBS = {  # the arguments each verb needs besides --config and --set
+    "train": ["--logdir", "{logdir}"],
+    "run": ["--logdir", "{logdir}"],
+    "learner": ["--logdir", "{logdir}"],
+    "actor": ["--logdir", "{logdir}", "--learner", "tcp://127.0.0.1:1"],
+    "drive": [],
+    "teleop": ["--robot", "tcp://127.0.0.1:1"],
+}
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_verb_refuses_a_bad_value_in_one_line_before_starting_or_writing(verb, tmp_path):
+    import subprocess
+    import sys
+
+    logdir = tmp_path / "never"
+    args = [a.format(logdir=logdir) for a in VERBS[verb]]
+    result = subprocess.run(
+        [sys.executable, "-m", "daydream", verb, "--config", "configs/pendulum.yaml", *args,
+         "--set", "safety.watchdog_deadline_s=fast"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"daydream {verb}: config key safety.watchdog_deadline_s: 'fast' is not a number "
+        "(--set overrides)"
+    ], result.stderr
+    assert not logdir.exists()  # nothing written, nothing started
+
+
+def test_set_is_repeatable_and_every_value_is_kept(tmp_path):
+    import argparse
+
+    from daydream.cli import train
+    from daydream.cli.common import build_config
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--config", "configs/pendulum.yaml", "--set", "train.steps=7",
+                              "--set", "seed=3", "model.rssm.deter=8"])  # fmt: skip
+    config = build_config(args, "train")
+    assert (config.train.steps, config.seed, config.model.rssm.deter) == (7, 3, 8)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from daydream import contrastive
-from daydream.config import load_config
+from daydream.agent import contrastive
+from daydream.core.config import load_config
 from tests.tiny import tiny_model
 
 torch.set_num_threads(1)
@@ -21,8 +21,8 @@ PRESETS = [("dreamer", ["model.repr=nce"]), ("dreaming", []), ("dreamingv2", [])
 
 
 def tiny_world_model(algo: str, extra: list[str] = ()):
-    from daydream.world_model import WorldModel
-    from robots.base import Space
+    from daydream.agent.world_model import WorldModel
+    from daydream.core.spaces import Space
 
     config = load_config(None, algo, [*TINY, *extra])
     obs_space = {
@@ -34,7 +34,7 @@ def tiny_world_model(algo: str, extra: list[str] = ()):
 
 
 def fake_batch(batch: int = 3, length: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
-    from daydream.world_model import preprocess
+    from daydream.agent.world_model import preprocess
 
     g = torch.Generator().manual_seed(seed)
     data = {
@@ -213,10 +213,10 @@ def test_reconstruction_has_no_visualisation_decoder_and_unchanged_terms():
 
 @pytest.mark.parametrize("algo,extra", PRESETS)
 def test_preset_trains_end_to_end_on_sim_ur5_reach_and_its_loss_falls(algo, extra, tmp_path):
-    from daydream import checkpoint
+    from daydream.agent import checkpoint
+    from daydream.agent.world_model import preprocess, to_torch
     from daydream.cli import main
-    from daydream.replay import Replay
-    from daydream.world_model import preprocess, to_torch
+    from daydream.replay.store import Replay
 
     logdir = tmp_path / algo
     overrides = [
@@ -227,7 +227,6 @@ def test_preset_trains_end_to_end_on_sim_ur5_reach_and_its_loss_falls(algo, extr
         "train.prefill=100",
         "train.pretrain=5",
         "train.ratio=8",
-        "train.log_every=100",
         "train.torch_threads=1",
         "replay.min_size=50",
         "ur5.episode_length=25",
@@ -257,8 +256,8 @@ def test_preset_trains_end_to_end_on_sim_ur5_reach_and_its_loss_falls(algo, extr
 
 def test_visualisation_decoder_has_its_own_optimiser_and_never_scales_the_model_clip():
     """The world model's update is the same whether or not the decoder's gradients are huge."""
-    from daydream.agent import Agent
-    from robots.base import Space, step_spaces
+    from daydream.agent.agent import Agent
+    from daydream.core.spaces import Space, step_spaces
 
     config = load_config(None, "dreaming", [*TINY, "model.opt.clip=1.0"])
     obs_space = {"image": Space((64, 64, 3), np.dtype(np.uint8)),

@@ -43,8 +43,8 @@ EXIT_SAFETY_STOP = 3  # the actor's exit status "exited with the safety stop lat
 TINY = [
     *tiny_model(units=32), "train.torch_threads=1",
     "train.batch_size=4", "train.batch_length=8", "replay.min_size=64",
-    "learner.publish_every=0.5", "learner.log_every=2",
-    "actor.chunk_length=8", "actor.period=0.01", "actor.status_every=0.5",
+    "learner.publish_every_s=0.5", "learner.log_every_s=2",
+    "actor.chunk_length=8", "actor.period_s=0.01", "actor.status_every_s=0.5",
 ]
 
 
@@ -57,7 +57,7 @@ def check_daydream_command(argv: list[str], where: str, root: str = IMAGE_ROOT) 
     its --set overrides; the files it names exist in the repo (paths under ``root`` map to
     the repo)."""
     from daydream.cli import build_parser
-    from daydream.config import load_config
+    from daydream.core.config import load_config
 
     try:
         args = build_parser().parse_args(argv)
@@ -346,8 +346,8 @@ def test_actor_unit_never_restarts_out_of_a_latched_safety_stop(tmp_path):
     # ExecStartPre refuses to start while <actor dir>/SAFETY_STOP exists
     env = {**env, "DAYDREAM_LOGDIR": str(tmp_path), "DAYDREAM_ID": "ur5-left"}
     pre = systemd_expand(service["ExecStartPre"], env)
-    from daydream.actor import actor_directory
-    from daydream.config import load_config
+    from daydream.core.config import load_config
+    from daydream.runtime.robot_actor import actor_directory
 
     config = load_config(str(REPO / "configs/ur5_pick.yaml"), overrides=[f"logdir={tmp_path}"])
     latch = actor_directory(config, "ur5-left") / LATCH_FILE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robots.base import validate
+from daydream.core.spaces import validate
 from robots.gym import GymRobot
 
 

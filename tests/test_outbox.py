@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daydream.outbox import SEQ_BLOCK, Outbox
+from daydream.wire.outbox import SEQ_BLOCK, Outbox
 
 
 class Clock:

@@ -4,7 +4,7 @@ garbage bytes are counted and dropped, never decoded into a command."""
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from robots import protocol as P
@@ -140,6 +140,10 @@ def test_a_truncated_frame_is_dropped_and_the_following_frame_is_decoded(msg, se
     frame = P.encode(msg, seq)
     cut = data.draw(st.integers(1, len(frame) - 1))
     follower = P.encode(P.Targets(np.ones(12, np.float32)), 9)
+    # A 16-bit CRC cannot tell a frame cut right before its CRC from a whole one when the
+    # follower's first two bytes happen to equal that CRC (1 in 65536 of these cuts, e.g.
+    # Enable with seq 246): the bytes are then a valid frame, and are decoded as one.
+    assume(not P.FrameDecoder().feed(frame[:cut] + follower[: len(frame) - cut]))
     decoder = P.FrameDecoder()
     out = decoder.feed(frame[:cut] + follower)
     assert [s for s, _ in out] == [9]

@@ -11,9 +11,10 @@ import pytest
 import serial
 
 import robots
-from daydream.config import load_config
+from daydream.core.config import load_config
+from daydream.core.spaces import validate
 from robots import protocol as P
-from robots.base import ConnectionLost, RobotFault, validate
+from robots.base import ConnectionLost, RobotFault
 from robots.quadruped import Quadruped
 
 
@@ -24,7 +25,7 @@ def make(*overrides: str) -> Quadruped:
 
 @pytest.fixture
 def robot():
-    r = make("sim_quadruped.board_timeout=0.3")
+    r = make("sim_quadruped.board_timeout_s=0.3")
     r.connect()
     yield r
     r.disconnect()
@@ -70,7 +71,7 @@ def test_observations_match_the_declared_spaces_and_episodes_are_reset_free():
         assert obs["is_first"] and not obs["is_last"]
         rng = np.random.default_rng(0)
         for t in range(1, 6):
-            obs = r.step({"action": r.act_space["action"].sample(rng)})
+            obs = execute(r, {"action": r.act_space["action"].sample(rng)})
             validate(obs, r.obs_space)
             assert not obs["is_first"] and not obs["is_terminal"]
             assert bool(obs["is_last"]) == (t == 5)
@@ -83,9 +84,15 @@ def test_observations_match_the_declared_spaces_and_episodes_are_reset_free():
 def test_standing_still_earns_the_upright_reward(robot):
     robot.reset()
     for _ in range(20):
-        obs = robot.step(zero())
+        obs = execute(robot, zero())
     assert 0.95 < obs["reward"] < 1.1  # upright ~1, forward velocity ~0
     assert abs(obs["imu"][0]) < 0.1 and abs(obs["imu"][1]) < 0.1
+
+
+def execute(robot, action: dict) -> dict:
+    """What the safety supervisor does: the robot's own limits, then exactly that command."""
+    limited, _ = robot.limit_command(action)
+    return robot.step(limited)
 
 
 def test_actions_become_targets_within_limits_and_per_step_change(robot):
@@ -93,20 +100,39 @@ def test_actions_become_targets_within_limits_and_per_step_change(robot):
     board = board_of(robot)
     previous = board.targets.copy()
     for _ in range(30):
-        robot.step({"action": np.ones(12, np.float32)})
+        execute(robot, {"action": np.ones(12, np.float32)})
         assert np.all(np.abs(board.targets - previous) <= robot.max_delta + 1e-6)
         assert np.all(board.targets >= robot.lower - 1e-6)
         assert np.all(board.targets <= robot.upper + 1e-6)
         previous = board.targets.copy()
     # after enough ticks the target reaches action_fraction of the way to the upper limit
-    expected = robot.stand_pose + robot.action_fraction * (robot.upper - robot.stand_pose)
+    expected = robot.stand_pose + robot.task.fraction * (robot.upper - robot.stand_pose)
     assert np.allclose(board.targets, expected, atol=1e-5)
+
+
+def test_the_limited_action_is_the_one_whose_targets_the_board_gets(robot):
+    robot.reset()
+    board = board_of(robot)
+    limited, notes = robot.limit_command({"action": np.ones(12, np.float32)})
+    assert notes  # a jump to +1 is beyond max_delta from the standing pose
+    assert np.all(limited["action"] < 1.0)
+    robot.step(limited)
+    np.testing.assert_allclose(board.targets, robot.task.targets_for(limited["action"]), atol=1e-5)
+
+
+def test_step_refuses_targets_beyond_max_delta_instead_of_clamping_them(robot):
+    robot.reset()
+    board = board_of(robot)
+    before = board.commands[P.MsgType.TARGETS]
+    with pytest.raises(RobotFault, match="max_delta"):
+        robot.step({"action": np.ones(12, np.float32)})  # skipped limit_command
+    assert board.commands[P.MsgType.TARGETS] == before  # nothing was sent
 
 
 def test_board_times_out_into_relax_when_commands_stop_and_reset_recovers(robot):
     robot.reset()
     for _ in range(5):
-        robot.step(zero())
+        execute(robot, zero())
     board = board_of(robot)
     before = physics_of(robot).body_height()
     assert wait_for(lambda: board.timed_out, timeout=2.0)
@@ -115,17 +141,17 @@ def test_board_times_out_into_relax_when_commands_stop_and_reset_recovers(robot)
     time.sleep(0.4)  # relaxed servos: the robot sags under its weight in real time
     assert physics_of(robot).body_height() < before - 0.05
     with pytest.raises(ConnectionLost, match="timed out"):
-        robot.step(zero())
+        execute(robot, zero())
     robot.reset()
     assert board.mode == P.Status.ACTIVE and not board.timed_out
-    robot.step(zero())
+    execute(robot, zero())
 
 
 def test_board_times_out_into_hold_when_so_configured():
-    r = make("sim_quadruped.board_timeout=0.2", "quadruped.timeout_action=hold")
+    r = make("sim_quadruped.board_timeout_s=0.2", "quadruped.timeout_action=hold")
     with r:
         r.reset()
-        r.step(zero())
+        execute(r, zero())
         board = board_of(r)
         height = physics_of(r).body_height()
         assert wait_for(lambda: board.timed_out, timeout=2.0)
@@ -149,10 +175,10 @@ def test_robot_fallen_during_an_episode_is_stood_up_after_fallen_steps():
     with r:
         r.reset()
         physics_of(r).knock_over(roll=np.pi / 2)
-        rewards = [float(r.step(zero())["reward"]) for _ in range(3)]
+        rewards = [float(execute(r, zero())["reward"]) for _ in range(3)]
         assert r.stand_ups == 1
         assert rewards[0] < 0.8  # lying on its side
-        obs = r.step(zero())
+        obs = execute(r, zero())
         assert obs["reward"] > 0.9 and not obs["is_last"]
 
 
@@ -163,7 +189,7 @@ def test_stop_holds_or_relaxes_is_idempotent_and_blocks_steps(robot):
     robot.stop()
     assert wait_for(lambda: board.mode == P.Status.HOLDING)
     with pytest.raises(RobotFault, match="stopped"):
-        robot.step(zero())
+        execute(robot, zero())
     robot.stop(hard=True)
     assert wait_for(lambda: board.mode == P.Status.RELAXED)
     robot.reset()
@@ -177,7 +203,7 @@ def test_stop_from_another_thread_while_stepping_does_not_deadlock(robot):
     def stepper():
         try:
             for _ in range(200):
-                robot.step(zero())
+                execute(robot, zero())
         except RobotFault as e:  # stopped midway: expected
             errors.append(e)
 
@@ -194,13 +220,13 @@ def test_stop_from_another_thread_while_stepping_does_not_deadlock(robot):
 
 
 def test_silent_board_raises_connection_lost_quickly():
-    r = make("sim_quadruped.reply_timeout=0.1")
+    r = make("sim_quadruped.reply_timeout_s=0.1")
     with r:
         r.reset()
         board_of(r).set_silent(True)
         t0 = time.monotonic()
         with pytest.raises(ConnectionLost, match="no answer"):
-            r.step(zero())
+            execute(r, zero())
         assert time.monotonic() - t0 < 1.0  # (retries + 1) * reply_timeout = 0.3 s
 
 
@@ -208,11 +234,11 @@ def test_corrupted_replies_and_line_noise_are_dropped_and_counted(robot):
     robot.reset()
     board = board_of(robot)
     board.corrupt_replies(1)
-    robot.step(zero())  # the corrupted answer is dropped; the re-asked state arrives
+    execute(robot, zero())  # the corrupted answer is dropped; the re-asked state arrives
     assert robot.decoder_stats.crc_errors == 1
     board.send_raw(b"\xa5\x5a\x30garbage" + bytes(range(256)))
     for _ in range(3):
-        robot.step(zero())
+        execute(robot, zero())
     assert robot.decoder_stats.rejected >= 2
 
 
@@ -231,10 +257,10 @@ def test_board_fault_raises_robot_fault_until_cleared(robot):
     robot.reset()
     board_of(robot).inject_fault(P.Fault.OVERCURRENT)
     with pytest.raises(RobotFault, match="OVERCURRENT"):
-        robot.step(zero())
+        execute(robot, zero())
     robot.clear_faults()
     robot.reset()
-    robot.step(zero())
+    execute(robot, zero())
 
 
 def test_unopenable_port_says_what_to_do():
@@ -271,6 +297,6 @@ def test_simulated_robot_runs_well_over_100_control_steps_per_second(robot):
     action = zero()
     t0 = time.perf_counter()
     for _ in range(200):
-        robot.step(action)
+        execute(robot, action)
     rate = 200 / (time.perf_counter() - t0)
     assert rate > 150, f"{rate:.0f} control steps/s"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daydream.chunks import ChunkBuilder
-from daydream.replay import Replay
+from daydream.core.chunks import ChunkBuilder
+from daydream.replay.store import Replay
 
 
 def make_chunk(
@@ -207,7 +207,7 @@ def test_recency_favours_recent_chunks():
 
 
 def test_samples_per_insert_throttles_the_sampler_never_the_inserter():
-    from daydream.replay_actor import ReplayService
+    from daydream.replay.service import ReplayService
 
     service = ReplayService(capacity=10_000, samples_per_insert=2.0, spi_tolerance=0, min_size=8)
     assert service.add("a", 0, make_chunk(0, 0))
@@ -224,7 +224,7 @@ def test_samples_per_insert_throttles_the_sampler_never_the_inserter():
 def test_throttled_sample_waits_for_an_insert_from_another_thread():
     import threading
 
-    from daydream.replay_actor import ReplayService
+    from daydream.replay.service import ReplayService
 
     service = ReplayService(capacity=10_000, samples_per_insert=1.0, spi_tolerance=0, min_size=4)
     service.add("a", 0, make_chunk(0, 0))
@@ -237,7 +237,7 @@ def test_throttled_sample_waits_for_an_insert_from_another_thread():
 
 
 def test_replay_actor_adds_batches_and_samples_through_ray(ray_session, tmp_path):
-    from daydream.replay_actor import ReplayActor
+    from daydream.replay.remote import ReplayActor
 
     ray = ray_session
     replay = ReplayActor.remote(capacity=1000, directory=str(tmp_path), min_size=1)

@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 TINY = [
     *tiny_model(units=32, stoch=8, classes=32),
     "train.batch_size=4", "train.batch_length=12", "train.prefill=100", "train.pretrain=5",
-    "train.ratio=8", "train.log_every=50", "train.torch_threads=1", "replay.min_size=50",
+    "train.ratio=8", "train.torch_threads=1", "replay.min_size=50",
 ]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import robots
-from daydream.config import load_config
+from daydream.core.config import load_config
 from robots.base import ConnectionLost
 from robots.sim.rtde_server import RTDE_PORT, RTDEServerProcess
 from robots.sim.sim_ur5 import UR5_READY_Q, forward_kinematics
@@ -48,7 +48,7 @@ def link():
 @pytest.fixture
 def robot():
     """The ur5 driver (on a simulated controller) whose receive link will be swapped."""
-    config = load_config(overrides=["robot.name=sim_ur5", f"ur5.control_period={CONTROL_PERIOD}"])
+    config = load_config(overrides=["robot.name=sim_ur5", f"ur5.control_period_s={CONTROL_PERIOD}"])
     with robots.make("sim_ur5", config) as r:
         yield r
 

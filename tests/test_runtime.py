@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "pendulum.yaml")
 TINY = [
     *tiny_model(units=32), "train.torch_threads=1",
-    "train.batch_size=4", "train.batch_length=8", "replay.min_size=64",
-    "learner.publish_every=0.5", "learner.log_every=2", "learner.checkpoint_every=2",
-    "actor.chunk_length=8", "actor.period=0.01", "actor.status_every=0.5",
+    "train.batch_size=4", "train.batch_length=8", "replay.min_size=64", "train.pretrain=10",
+    "learner.publish_every_s=0.5", "learner.log_every_s=2", "learner.checkpoint_every_s=2",
+    "actor.chunk_length=8", "actor.period_s=0.01", "actor.status_every_s=0.5",
     "transport.resend_after_s=2", "transport.heartbeat_timeout_ms=2000",
 ]
 
@@ -95,7 +95,7 @@ def checkpointed_updates(logdir: Path) -> int:
 
 def stored_chunks(directory: Path) -> tuple[dict[str, list[int]], int]:
     """Sequence numbers of the chunks in a replay directory per stream, and the step count."""
-    from daydream.replay import Replay
+    from daydream.replay.store import Replay
 
     replay = Replay(10**7, directory=directory)
     out: dict[str, list[tuple[int, int]]] = {}
@@ -155,7 +155,7 @@ def test_learner_sigkill_restart_resumes_while_the_actor_keeps_its_tick_rate(tmp
     """SIGKILL the learner mid-run: the actor keeps ticking at its rate with the weights it
     has, its chunks wait in the outbox; a new learner on the same logdir resumes from the
     checkpoint and the replay files, and every chunk ends up stored exactly once."""
-    from daydream.keys import create_keys
+    from daydream.wire.curve import create_keys
 
     logdir, keys = tmp_path / "run", tmp_path / "keys"
     create_keys(keys, ["actor"])
@@ -185,7 +185,7 @@ def test_learner_sigkill_restart_resumes_while_the_actor_keeps_its_tick_rate(tmp
         # learner gone: the control loop keeps its rate, experience piles up in the outbox
         time.sleep(4.0)
         during = status(logdir, "arm")
-        # actor.period = 0.01 s: a loop blocked on the dead learner would make almost no steps;
+        # actor.period_s = 0.01 s: a loop blocked on the dead learner would make almost no steps;
         # half the nominal 100 Hz leaves room for a loaded 2-core CI machine.
         rate = (during["steps"] - before_kill["steps"]) / (during["time"] - before_kill["time"])
         assert rate > 0.5 * 100, (before_kill, during)
@@ -195,7 +195,7 @@ def test_learner_sigkill_restart_resumes_while_the_actor_keeps_its_tick_rate(tmp
         learner = spawn(learner_args, llog2)
         logs = (llog2, alog)
         wait_for(lambda: "resumed from" in llog2.read_text(), 60, "the resume message", logs)
-        resumed_at = int(llog2.read_text().split("at update ")[1].split(",")[0])
+        resumed_at = int(llog2.read_text().split(", update ")[1].split(",")[0])
         assert resumed_at == saved["agent"]["updates"]
         # the outbox drains into the new learner's replay, and training goes on past it
         wait_for(lambda: status(logdir, "arm")["outbox"]["pending"] == 0
@@ -222,18 +222,18 @@ def test_learner_sigkill_restart_resumes_while_the_actor_keeps_its_tick_rate(tmp
 
 
 def _tiny_config(tmp_path, *extra):
-    from daydream.config import load_config
+    from daydream.core.config import load_config
 
     return load_config(CONFIG, overrides=[*TINY, f"logdir={tmp_path}", *extra])
 
 
 def test_actor_without_a_learner_keeps_its_tick_rate_and_keeps_the_chunks(tmp_path):
-    from daydream.actor import Actor
-    from daydream.keys import create_keys
+    from daydream.runtime.robot_actor import RobotActor
+    from daydream.wire.curve import create_keys
 
     create_keys(tmp_path / "keys", ["actor"])
-    config = _tiny_config(tmp_path, "actor.shutdown_grace=0.2")
-    actor = Actor(config, f"tcp://127.0.0.1:{free_port()}", "lonely", max_steps=300)
+    config = _tiny_config(tmp_path, "actor.shutdown_grace_s=0.2")
+    actor = RobotActor.networked(config, f"tcp://127.0.0.1:{free_port()}", "lonely", max_steps=300)
     t0 = time.monotonic()
     result = actor.run()
     elapsed = time.monotonic() - t0
@@ -245,13 +245,13 @@ def test_actor_without_a_learner_keeps_its_tick_rate_and_keeps_the_chunks(tmp_pa
 
 
 def test_weights_load_into_the_spare_copy_and_swap_in_by_reference():
-    from daydream.actor import PolicySlots
-    from daydream.agent import Agent
-    from daydream.config import load_config
-    from daydream.learner import robot_spaces
+    import robots
+    from daydream.agent.agent import Agent
+    from daydream.core.config import load_config
+    from daydream.runtime.robot_actor import PolicySlots
 
     config = load_config(CONFIG, overrides=TINY)
-    obs_space, act_space = robot_spaces(config)
+    obs_space, act_space = robots.spaces(config.robot.name, config)
     slots = PolicySlots(lambda: Agent(obs_space, act_space, config, device="cpu"))
     assert slots.current() == (None, False)  # random policy until weights arrive
     learner = Agent(obs_space, act_space, config, device="cpu")
@@ -288,13 +288,13 @@ def test_runtime_verbs_are_registered_with_help(verb):
 
 
 def test_a_latched_stop_is_persisted_and_a_restarted_actor_starts_stopped(tmp_path):
-    from daydream.actor import LATCH_FILENAME, Actor
-    from daydream.keys import create_keys
+    from daydream.runtime.robot_actor import LATCH_FILENAME, RobotActor
+    from daydream.wire.curve import create_keys
 
     create_keys(tmp_path / "keys", ["actor"])
-    config = _tiny_config(tmp_path, "actor.shutdown_grace=0.2")
+    config = _tiny_config(tmp_path, "actor.shutdown_grace_s=0.2")
     address = f"tcp://127.0.0.1:{free_port()}"
-    actor = Actor(config, address, "arm", max_steps=10_000)
+    actor = RobotActor.networked(config, address, "arm", max_steps=10_000)
     runner = threading.Thread(target=actor.run)
     runner.start()
     try:
@@ -309,7 +309,7 @@ def test_a_latched_stop_is_persisted_and_a_restarted_actor_starts_stopped(tmp_pa
     latch = actor.directory / LATCH_FILENAME
     assert latch.is_file()
 
-    again = Actor(config, address, "arm", max_steps=10_000)
+    again = RobotActor.networked(config, address, "arm", max_steps=10_000)
     runner = threading.Thread(target=again.run)
     runner.start()
     try:

@@ -11,17 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daydream.config import load_config
-from daydream.safety import SafetyStopped, SafetySupervisor
-from robots.base import (
-    ConnectionLost,
-    LimitViolation,
-    ProtectiveStop,
-    Robot,
-    RobotFault,
-    Space,
-    step_spaces,
-)
+from daydream.core.config import load_config
+from daydream.core.spaces import Space, step_spaces
+from daydream.safety.supervisor import SafetyStopped, SafetySupervisor
+from robots.base import ConnectionLost, LimitViolation, ProtectiveStop, Robot, RobotFault
 
 TICK = 0.05  # control period of the tests' control loops (seconds)
 EPS = 1e-5
@@ -260,7 +253,7 @@ def running():
     While ``stall`` is set the policy hangs (as a stuck or crashed policy would).
     """
     robot = RecordingRobot(continuous(2))
-    sup = SafetySupervisor(robot, safety_config(watchdog_deadline=0.2)).start()
+    sup = SafetySupervisor(robot, safety_config(watchdog_deadline_s=0.2)).start()
     done, stall = threading.Event(), threading.Event()
     ticks: list[float] = []
     rng = np.random.default_rng(0)
@@ -295,7 +288,7 @@ def assert_latched_until_reset(sup, robot):
 
 
 def test_keyboard_stop_key_stops_the_robot_within_one_tick_and_stays_latched(running):
-    from daydream.teleop.keyboard import KeyboardTeleop
+    from daydream.safety.keyboard import KeyboardTeleop
 
     sup, robot, _ = running
     keyboard = KeyboardTeleop(sup, robot.act_space["action"], load_config().teleop)
@@ -308,7 +301,7 @@ def test_keyboard_stop_key_stops_the_robot_within_one_tick_and_stays_latched(run
 def test_watchdog_stops_the_robot_when_the_policy_sleeps_past_its_deadline():
     robot = RecordingRobot(continuous(2))
     deadline = 0.15
-    sup = SafetySupervisor(robot, safety_config(watchdog_deadline=deadline)).start()
+    sup = SafetySupervisor(robot, safety_config(watchdog_deadline_s=deadline)).start()
     try:
         sup.reset()
         for _ in range(3):  # a healthy policy: no stop

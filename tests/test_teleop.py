@@ -12,11 +12,11 @@ import pytest
 import zmq
 from test_safety import TICK, RecordingRobot, continuous, discrete, safety_config
 
-from daydream.config import load_config
-from daydream.keys import create_keypair, create_keys
-from daydream.safety import SafetySupervisor
-from daydream.teleop.console import ConsoleClient, ConsoleServer
-from daydream.teleop.keyboard import KeyboardTeleop, parse_keys
+from daydream.core.config import load_config
+from daydream.safety.console import ConsoleClient, ConsoleServer
+from daydream.safety.keyboard import KeyboardTeleop, parse_keys
+from daydream.safety.supervisor import SafetySupervisor
+from daydream.wire.curve import create_keypair, create_keys
 
 TELEOP = load_config().teleop
 
@@ -53,7 +53,7 @@ def test_toggle_override_and_a_held_motion_key_drive_the_robot_with_the_interven
     _, executed, intervention = sup.step(policy)
     assert intervention
     np.testing.assert_allclose(executed["action"], [TELEOP.delta, 0.0])
-    clock.t += TELEOP.hold_window + 0.01  # the key stopped repeating: back to rest
+    clock.t += TELEOP.hold_window_s + 0.01  # the key stopped repeating: back to rest
     kb.tick()
     _, executed, intervention = sup.step(policy)
     assert intervention
@@ -71,11 +71,11 @@ def test_hold_mode_override_ends_when_the_key_stops_repeating():
     kb = KeyboardTeleop(sup, sup.space, config, clock=clock)
     kb.feed("tab")
     for _ in range(5):  # auto-repeat while held
-        clock.t += config.hold_window / 2
+        clock.t += config.hold_window_s / 2
         kb.feed("tab")
         kb.tick()
         assert sup.overridden
-    clock.t += config.hold_window + 0.01
+    clock.t += config.hold_window_s + 0.01
     kb.tick()
     assert not sup.overridden
 
@@ -202,7 +202,7 @@ def test_teleop_cli_says_what_to_check_when_the_robot_does_not_answer(keys, caps
     port.close()
     args = parser.parse_args(
         ["--robot", f"tcp://127.0.0.1:{free}", "--keys", str(keys), "--send", "status",
-         "--set", "teleop.reply_timeout=0.3"]
+         "--set", "teleop.reply_timeout_s=0.3"]
     )
     assert teleop.main(args) == 1
     assert "console_allowed" in capsys.readouterr().err
@@ -221,6 +221,10 @@ def make_double(config):
     return robot
 
 
+def spaces(config):
+    return RecordingRobot(continuous(2)).obs_space, {"action": continuous(2)}
+
+
 def drive_args(*argv):
     from daydream.cli import drive
 
@@ -234,7 +238,9 @@ def double_registered(monkeypatch):
     import robots
 
     MADE.clear()
-    monkeypatch.setitem(robots.REGISTRY, "teleop_test_double", "test_teleop:make_double")
+    monkeypatch.setitem(
+        robots.REGISTRY, "teleop_test_double", ("test_teleop:make_double", "test_teleop:spaces")
+    )
     return MADE
 
 
@@ -261,8 +267,8 @@ def test_drive_teleop_policy_without_a_terminal_or_console_says_what_to_do(
 
 
 def test_drive_runs_a_trained_checkpoint_in_eval_mode(double_registered, tmp_path):
-    from daydream import checkpoint
-    from daydream.agent import Agent
+    from daydream.agent import checkpoint
+    from daydream.agent.agent import Agent
     from tests.tiny import tiny_model
 
     probe = make_double(None)

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from robots.base import ObservationError, Space, step_spaces, validate
+from daydream.core.spaces import ObservationError, Space, step_spaces, validate
 from tests.tiny import tiny_model
 
 TINY = [
     *tiny_model(units=16), "train.batch_size=4", "train.batch_length=8", "train.prefill=100",
-    "train.pretrain=5", "train.ratio=8", "train.log_every=100", "replay.chunk_length=8",
+    "train.pretrain=5", "train.ratio=8", "actor.chunk_length=8",
     "train.torch_threads=1", "gym.time_limit=50",
 ]
 
@@ -39,7 +39,9 @@ def test_train_writes_metrics_and_checkpoint_then_resumes(tmp_path):
     lines = _lines(logdir)
     assert all("step" in line for line in lines)
     episodes = [line for line in lines if "episode_return" in line]
-    assert len(episodes) == 6  # 300 steps of 50-step episodes
+    # 300 records (steps), as the replay counts them: 50 ticks + the last observation per
+    # episode, so five whole episodes of 51 records and a 45-record one cut off at the end
+    assert len(episodes) == 5 and {e["episode_length"] for e in episodes} == {50}
     assert any("wm/loss" in line for line in lines)
 
     second = _train(logdir, 400)
@@ -47,7 +49,7 @@ def test_train_writes_metrics_and_checkpoint_then_resumes(tmp_path):
     assert "resumed from" in second.stdout and "at step 300" in second.stdout
     lines = _lines(logdir)
     assert max(line["step"] for line in lines) == 400
-    assert len([line for line in lines if "episode_return" in line]) == 8
+    assert len([line for line in lines if "episode_return" in line]) == 6  # one more whole one
     updates = [line["updates"] for line in lines if "updates" in line]
     assert updates == sorted(updates) and updates[-1] > updates[0]  # went on, not restarted
 
@@ -102,3 +104,36 @@ def test_train_runs_on_each_simulated_robot(tmp_path, task):
     assert max(line["step"] for line in lines) == 200
     assert any("wm/loss" in line for line in lines)
     assert (logdir / "checkpoint.pt").is_file()
+
+
+def stored_layout(directory) -> tuple[set[str], dict]:
+    """The streams in a replay directory and the keys, dtypes and shapes of its records."""
+    from daydream.replay.store import Replay
+
+    replay = Replay(10**7, directory=directory)
+    batch = replay.sample(1, 1)
+    return {s for s, _ in replay.keys()}, {k: (v.dtype, v.shape[2:]) for k, v in batch.items()}
+
+
+def test_train_and_run_write_the_same_replay_layout(tmp_path):
+    import robots
+    from daydream.core.config import load_config
+    from daydream.core.spaces import record_spaces
+
+    assert _train(tmp_path / "train", 120).returncode == 0
+    run = subprocess.run(
+        [sys.executable, "-m", "daydream", "run", "--config", "configs/pendulum.yaml",
+         "--steps", "120", "--logdir", str(tmp_path / "run"), "--set", *TINY,
+         "learner.log_every_s=1", "actor.period_s=0.005"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trained = stored_layout(tmp_path / "train" / "replay")
+    ran = stored_layout(tmp_path / "run" / "replay")
+    assert trained == ran
+    streams, layout = trained
+    assert streams == {"actor-0"}  # the same stream name: the single process is actor-0 too
+    config = load_config("configs/pendulum.yaml", overrides=TINY)
+    spaces = record_spaces(*robots.spaces("gym", config))
+    assert layout == {k: (s.dtype, s.shape) for k, s in spaces.items()}
+    assert "intervention" in layout

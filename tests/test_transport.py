@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import zmq
 
-from daydream import keys
-from daydream.codec import SCHEMA_VERSION, encode
-from daydream.gateway import Gateway
-from daydream.outbox import Outbox
-from daydream.replay_actor import ReplayService
-from daydream.transport import TransportClient, TransportOptions
+from daydream.replay.service import ReplayService
+from daydream.wire import curve
+from daydream.wire.codec import SCHEMA_VERSION, encode
+from daydream.wire.gateway import Gateway
+from daydream.wire.outbox import Outbox
+from daydream.wire.transport import TransportClient, TransportOptions
 
 OPTIONS = TransportOptions(
     heartbeat_ivl_ms=200,
@@ -30,8 +30,8 @@ OPTIONS = TransportOptions(
 @pytest.fixture(scope="module")
 def key_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("keys")
-    keys.create_keys(path, ["actor"])
-    keys.create_keypair(path / "outsiders", "intruder")  # a valid key pair, not allowed
+    curve.create_keys(path, ["actor"])
+    curve.create_keypair(path / "outsiders", "intruder")  # a valid key pair, not allowed
     return path
 
 
@@ -138,14 +138,12 @@ def test_chunks_of_the_wrong_space_are_nacked_and_not_stored(key_dir):
 def test_every_chunk_reaches_the_replay_exactly_once_across_a_gateway_restart(
     ray_session, key_dir, tmp_path
 ):
-    from daydream.replay_actor import ReplayActor
-
-    ray = ray_session
+    from daydream.replay.remote import RemoteReplay
     endpoint = free_endpoint()
     replay_dir = tmp_path / "replay"
 
     def start():
-        replay = ReplayActor.remote(capacity=100_000, directory=str(replay_dir))
+        replay = RemoteReplay.start(capacity=100_000, directory=str(replay_dir))
         gateway = Gateway(replay, endpoint, key_dir=key_dir, options=OPTIONS, max_batch=4)
         gateway.start()
         return replay, gateway
@@ -168,7 +166,7 @@ def test_every_chunk_reaches_the_replay_exactly_once_across_a_gateway_restart(
                 tick(True)
                 time.sleep(0.005)
             gateway.stop()  # the workstation goes away mid-stream ...
-            ray.kill(replay)
+            replay.close()
             for _ in range(50):  # ... while the robot keeps producing
                 tick(True)
                 time.sleep(0.005)
@@ -177,13 +175,13 @@ def test_every_chunk_reaches_the_replay_exactly_once_across_a_gateway_restart(
             while len(produced) < total:
                 tick(True)
             assert wait_for(lambda: len(box) == 0, timeout=30, poll=lambda: tick(False))
-        held = ray.get(replay.keys.remote())
+        held = replay.keys()
         assert sorted(held) == [("robot-0", s) for s in range(total)]  # all of them, once each
-        stats = ray.get(replay.stats.remote())
+        stats = replay.stats()
         assert stats["chunks"] == total and stats["steps"] == 4 * total
     finally:
         gateway.stop()
-        ray.kill(replay)
+        replay.close()
 
 
 def test_a_client_without_an_allowed_key_can_neither_push_nor_get_weights(key_dir):
@@ -233,8 +231,9 @@ def test_hostile_messages_are_rejected_while_a_real_robot_streams_unaffected(key
     attacker = ctx.socket(zmq.DEALER)  # holds an allowed key: the attack is from inside
     attacker.setsockopt(zmq.LINGER, 0)
     attacker.setsockopt(zmq.SNDHWM, 100_000)
-    public, secret = keys.load_keypair(key_dir / "actor.key_secret")
-    keys.make_curve_client(attacker, public, secret, keys.load_keypair(key_dir / "gateway.key")[0])
+    public, secret = curve.load_keypair(key_dir / "actor.key_secret")
+    server_public = curve.load_keypair(key_dir / "gateway.key")[0]
+    curve.make_curve_client(attacker, public, secret, server_public)
     attacker.connect(gateway.endpoint)
     bad = [data for _, data in hostile_messages() if len(data) < OPTIONS.max_message_bytes]
     bad.append(b"\x81" * 300_000)  # oversized for this gateway (256 kB)
@@ -315,14 +314,14 @@ def test_sends_never_block_when_no_gateway_is_there(key_dir):
 def test_truncated_extended_extra_frame_and_oversized_messages_are_rejected_by_reason(key_dir):
     """The schema-2 framing at the socket: one frame per message, sections exactly as long as
     the header says, the size limit on the whole message."""
-    from daydream.transport import TransportServer
+    from daydream.wire.transport import TransportServer
 
     server = TransportServer("tcp://127.0.0.1:*", key_dir=key_dir, options=OPTIONS)
     ctx = zmq.Context()
     peer = ctx.socket(zmq.DEALER)
     peer.setsockopt(zmq.LINGER, 0)
-    public, secret = keys.load_keypair(key_dir / "actor.key_secret")
-    keys.make_curve_client(peer, public, secret, keys.load_keypair(key_dir / "gateway.key")[0])
+    public, secret = curve.load_keypair(key_dir / "actor.key_secret")
+    curve.make_curve_client(peer, public, secret, curve.load_keypair(key_dir / "gateway.key")[0])
     peer.connect(server.endpoint)
     good = bytes(encode({"type": "chunk", "actor": "a", "seq": 1, "data": chunk(1, steps=64)}))
     big = encode({"type": "chunk", "actor": "a", "seq": 2, "data": chunk(2, steps=2048)})

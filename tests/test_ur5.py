@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import robots
-from daydream.config import load_config
-from robots.base import ConnectionLost, ProtectiveStop, RobotFault, validate
+from daydream.core.config import load_config
+from daydream.core.spaces import validate
+from robots.base import ConnectionLost, ProtectiveStop, RobotFault
 from robots.sim.sim_ur5 import forward_kinematics, inverse_kinematics, rotvec_to_matrix
 from robots.ur5 import PICK_PLACE_ACTIONS, StaleStateDetector
 
@@ -51,6 +52,12 @@ def place_cube(robot, x: float, y: float) -> None:
     objects = robot.cell.scene.objects
     objects[:] = [0.36, -0.25, 0.02]
     objects[0] = [x, y, 0.02]
+
+
+def execute(robot, action: dict) -> dict:
+    """What the safety supervisor does: the robot's own limits, then exactly that command."""
+    limited, _ = robot.limit_command(action)
+    return robot.step(limited)
 
 
 def run(robot, names: list[str]) -> list[float]:
@@ -134,7 +141,7 @@ def test_reach_reward_is_minus_the_distance_to_the_target(reach):
     assert np.all(target >= reach.low - 1e-6) and np.all(target <= reach.high + 1e-6)
     before = -float(obs["reward"])
     direction = np.sign(target - obs["tcp_pose"][:3]).astype(np.float32)
-    obs = reach.step({"action": direction})
+    obs = execute(reach, {"action": direction})
     distance = np.linalg.norm(obs["tcp_pose"][:3] - target)
     assert float(obs["reward"]) == pytest.approx(-distance, abs=1e-5)
     assert distance < before
@@ -176,8 +183,8 @@ def test_pick_place_never_commands_a_pose_outside_the_workspace(long_pick, actio
         sent = moves(robot)
         if len(sent) > before:
             step = np.abs(sent[-1][:2] - here[:2])
-            assert np.all(step <= robot.grid + 1e-9)  # at most one grid cell in x and y
-            assert sent[-1][2] in robot.z_levels or abs(sent[-1][2] - here[2]) < 1e-9
+            assert np.all(step <= robot.task.grid + 1e-9)  # at most one grid cell in x and y
+            assert sent[-1][2] in robot.task.z_levels or abs(sent[-1][2] - here[2]) < 1e-9
     poses = moves(robot)
     if len(poses):
         assert_inside(robot, poses)
@@ -201,10 +208,34 @@ def test_reach_never_commands_a_pose_outside_the_workspace_or_beyond_the_step_li
     robot.cell.controller.commands.clear()
     for a in actions:
         here = robot.cell.controller.tcp_pose[:3].copy()
-        robot.step({"action": np.asarray(a, np.float32)})
+        execute(robot, {"action": np.clip(np.asarray(a, np.float32), -1, 1)})
         sent = moves(robot)[-1]
-        assert np.all(np.abs(sent[:3] - here) <= robot.max_step + 1e-9)
+        assert np.all(np.abs(sent[:3] - here) <= robot.task.max_step + 1e-9)
     assert_inside(robot, moves(robot))
+
+
+def test_reach_limit_shortens_the_step_at_the_box_and_step_executes_exactly_that(reach):
+    reach.reset()
+    sim = reach.cell.controller
+    high = reach.high
+    for _ in range(40):  # push against the +x, +y, +z faces until the TCP sits on them
+        execute(reach, {"action": np.ones(3, np.float32)})
+    here = sim.tcp_pose[:3].copy()
+    np.testing.assert_allclose(here, high, atol=1e-4)
+    limited, notes = reach.limit_command({"action": np.ones(3, np.float32)})
+    assert notes and np.all(np.abs(limited["action"]) < 0.01)  # nothing left to move: ~0
+    reach.step(limited)
+    np.testing.assert_allclose(moves(reach)[-1][:3], here + limited["action"] * reach.task.max_step)
+
+
+def test_reach_step_refuses_a_command_outside_the_workspace_instead_of_clamping_it(reach):
+    reach.reset()
+    for _ in range(40):
+        execute(reach, {"action": np.ones(3, np.float32)})
+    before = len(moves(reach))
+    with pytest.raises(RobotFault, match="outside the workspace"):
+        reach.step({"action": np.ones(3, np.float32)})  # skipped limit_command
+    assert len(moves(reach)) == before  # nothing was sent
 
 
 def test_reset_from_outside_the_workspace_commands_only_poses_inside(pick):

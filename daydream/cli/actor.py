@@ -12,58 +12,47 @@ last acknowledgements.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="the learner's task file")
-    parser.add_argument("--algo", help="algorithm preset (must match the learner's)")
+    from daydream.cli.common import add_config_arguments
+
+    add_config_arguments(
+        parser, "the learner's task file", steps=False, logdir=False, keys=True,
+        example="actor.status_every_s=5",
+    )  # fmt: skip
     parser.add_argument("--robot", help="robot driver (default: robot.name of the config)")
     parser.add_argument("--learner", required=True, help="the gateway, e.g. tcp://ws:5555")
-    parser.add_argument("--keys", help="CURVE key directory (this robot's pair, gateway.key)")
     parser.add_argument("--id", default=None, help="actor id, unique per robot (default: host)")
     parser.add_argument("--steps", type=int, default=0, help="executed steps to run; 0: forever")
     parser.add_argument("--logdir", help="where the outbox and status.json go (logdir)")
-    parser.add_argument(
-        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-        help="override any config key (use the learner's model settings)",
-    )  # fmt: skip
-
-
-def _die_with_parent() -> None:
-    """Under `daydream run`: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    parent = os.environ.get("DAYDREAM_PARENT_PID")
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(parent):  # the parent died before prctl
-        sys.exit(0)
 
 
 def main(args: argparse.Namespace) -> int:
     import logging
     import socket
 
-    from daydream.cli.learner import build_config
+    import torch
 
-    _die_with_parent()
+    from daydream.cli.common import EXIT_USAGE, build_config, die_with_parent
+
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    steps, args.steps = args.steps, None  # executed steps here, not train.steps
     config = build_config(args, "actor")
     actor_id = args.id or socket.gethostname()
+    torch.set_num_threads(1)  # the control loop's process: one thread
 
-    from daydream.actor import EXIT_SAFETY_STOP, LATCH_FILENAME, Actor
-    from daydream.keys import KeyFileError
+    from daydream.runtime.robot_actor import EXIT_SAFETY_STOP, LATCH_FILENAME, RobotActor
+    from daydream.wire.curve import KeyFileError
 
     try:
-        actor = Actor(config, args.learner, actor_id, robot_name=args.robot, max_steps=args.steps)
+        actor = RobotActor.networked(config, args.learner, actor_id, args.robot, steps)
     except KeyFileError as e:
         print(f"daydream actor: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
     def handler(signum, frame):
         actor.stop()
@@ -71,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     print(
-        f"daydream actor {actor_id}: {config.robot.name if not args.robot else args.robot} -> "
+        f"daydream actor {actor_id}: {args.robot or config.robot.name} -> "
         f"{args.learner}, tick {actor.period or 'robot-paced'}",
         flush=True,
     )

@@ -9,7 +9,7 @@ Check the workspace, the stop, the camera, then watch a trained checkpoint act::
 Policies: ``random`` samples the action space; ``teleop`` holds still (the rest action)
 and switches the override on at start, so the person drives (keyboard in this terminal
 when stdin is a TTY, and/or the remote console); a path is a checkpoint or logdir
-loaded with ``daydream.checkpoint.load_agent`` and run with ``agent.policy(mode="eval")``.
+loaded with ``daydream.agent.checkpoint.load_agent`` and run with ``agent.policy(mode="eval")``.
 Every action goes through the supervisor (stop, override, limits, watchdog). On exit
 (steps done, quit key, Ctrl-C) the robot is stopped and disconnected.
 """
@@ -36,10 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-keyboard", action="store_true", help="do not read keys even on a terminal"
     )
     parser.add_argument("--seed", type=int, default=None, help="random policy seed")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="config override, e.g. --set safety.max_change=0.1 (repeatable)",
-    )
+    from daydream.cli.common import add_set_argument
+
+    add_set_argument(parser, "safety.max_change=0.1")
 
 
 class _Policy:
@@ -55,7 +54,7 @@ class _Policy:
         self.agent = None
         self.state = None
         if kind not in ("random", "teleop"):
-            from daydream.checkpoint import load_agent
+            from daydream.agent.checkpoint import load_agent
 
             self.agent, _ = load_agent(kind)
 
@@ -92,15 +91,15 @@ def status_line(status: dict, steps: int) -> str:
 
 def main(args: argparse.Namespace) -> int:
     import robots
-    from daydream.config import load_config
-    from daydream.safety import SafetyStopped, SafetySupervisor
+    from daydream.cli.common import build_config
+    from daydream.safety.supervisor import SafetyStopped, SafetySupervisor
 
-    config = load_config(args.config, overrides=args.overrides)
-    name = args.robot or str(config.robot.name)
+    config = build_config(args, "drive")
+    name = args.robot or config.robot.name
     robot = robots.make(name, config)
     keyboard = console = None
     use_keyboard = not args.no_keyboard and sys.stdin.isatty()
-    bind = args.console if args.console is not None else str(config.teleop.console)
+    bind = args.console if args.console is not None else config.teleop.console
     if args.policy == "teleop" and not use_keyboard and not bind:
         print(
             "--policy teleop needs a person: run in a terminal (stdin is not a TTY here) "
@@ -114,18 +113,19 @@ def main(args: argparse.Namespace) -> int:
     try:
         policy = _Policy(args.policy, sup, config, config.seed if args.seed is None else args.seed)
         if bind:
-            from daydream.teleop.console import ConsoleServer, resolve_key_dir
+            from daydream.safety.console import ConsoleServer
+            from daydream.wire.curve import key_directory
 
-            key_dir = resolve_key_dir(config)
+            key_dir = key_directory(config.transport.key_dir, config.logdir)
             console = ConsoleServer(
                 sup,
                 bind,
                 key_dir / f"{config.teleop.server_key}.key_secret",
-                key_dir / str(config.teleop.allowed_dir),
+                key_dir / config.teleop.allowed_dir,
             ).start()
             print(f"safety console on {console.endpoint}", flush=True)
         if use_keyboard:
-            from daydream.teleop.keyboard import KeyboardTeleop
+            from daydream.safety.keyboard import KeyboardTeleop
 
             keyboard = KeyboardTeleop(
                 sup, sup.space, config.teleop, rest=sup.rest_action()["action"]

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from daydream.keys import ALLOWED_DIR, SERVER_NAME, create_keys
+    from daydream.wire.curve import ALLOWED_DIR, SERVER_NAME, create_keys
 
     made = create_keys(args.out, args.name or ["actor"])
     for name, (public, secret) in made.items():

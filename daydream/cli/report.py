@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from daydream.report import write_report
+    from daydream.runtime.report import write_report
 
     if not Path(args.logdir).is_dir():
         raise SystemExit(f"daydream report: {args.logdir} is not a directory (a run's --logdir)")

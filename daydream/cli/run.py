@@ -22,24 +22,19 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="task file, e.g. configs/sim_ur5_pick.yaml")
-    parser.add_argument("--algo", help="algorithm preset from configs/algo/ (default: the task's)")
+    from daydream.cli.common import add_config_arguments
+
+    add_config_arguments(parser, "task file, e.g. configs/sim_ur5_pick.yaml")
     parser.add_argument("--actors", type=int, default=1, help="simulated robots (default 1)")
     parser.add_argument("--robot", help="robot driver for the actors (default: robot.name)")
-    parser.add_argument("--steps", type=int, help="environment steps from all robots (train.steps)")
-    parser.add_argument("--logdir", help="checkpoints, metrics, replay, keys; rerun to resume")
     parser.add_argument("--bind", default="tcp://127.0.0.1:*", help="gateway address (loopback)")
-    parser.add_argument(
-        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-        help="override any config key (learner and actors), e.g. --set model.rssm.deter=256",
-    )  # fmt: skip
 
 
 def spawn_actor(
     args: argparse.Namespace, config, endpoint: str, key_dir: Path | None, index: int
 ) -> tuple[subprocess.Popen, Path]:
     """Start one ``daydream actor`` subprocess in its own session; returns it and its log."""
-    from daydream.actor import actor_directory
+    from daydream.runtime.robot_actor import actor_directory
 
     actor_id = f"actor-{index}"
     directory = actor_directory(config, actor_id)
@@ -102,38 +97,38 @@ def _watch(procs: list[tuple[subprocess.Popen, Path]], done: threading.Event) ->
 
 
 def main(args: argparse.Namespace) -> int:
-    from daydream.cli.learner import build_config, init_ray, stop_on_signals
+    from daydream.cli.common import (
+        build_config,
+        fail,
+        start_ray,
+        stop_on_signals,
+        stop_ray,
+        write_run_config,
+    )
 
     if args.actors < 1:
-        raise SystemExit("daydream run: --actors must be at least 1")
-    config = build_config(args, "run")
-    if args.robot:
-        config.robot.name = args.robot
+        fail("run", "--actors must be at least 1")
+    config = build_config(args, "run", [f"robot.name={args.robot}"] if args.robot else [])
 
-    import ray
-
-    from daydream.config import to_yaml
-    from daydream.keys import SERVER_NAME, create_keys
-    from daydream.learner import Learner
-    from daydream.transport import key_dir_from_config
+    from daydream.runtime.learner import start_learner
+    from daydream.wire.curve import SERVER_NAME, create_keys, key_directory
 
     logdir = Path(config.logdir).resolve()
     config.logdir = str(logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
-    (logdir / "config.yaml").write_text(to_yaml(config))
+    write_run_config(config)
     key_dir = None
-    if bool(config.transport.curve):
-        key_dir = key_dir_from_config(config, logdir).resolve()
+    if config.transport.curve:
+        key_dir = key_directory(config.transport.key_dir, logdir).resolve()
         if not (key_dir / f"{SERVER_NAME}.key_secret").is_file():
             create_keys(key_dir, [str(config.transport.client_key)])
             print(f"daydream run: created CURVE keys in {key_dir}", flush=True)
 
-    init_ray(config, None)
+    start_ray(config)
     procs: list[tuple[subprocess.Popen, Path]] = []
     done = threading.Event()
     learner = None
     try:
-        learner = Learner(config, bind=args.bind)
+        learner = start_learner(config, bind=args.bind)
         stop_on_signals(learner.stop)
         print(
             f"daydream run: {config.algo} on {args.actors} x {config.robot.name}, gateway "
@@ -153,9 +148,9 @@ def main(args: argparse.Namespace) -> int:
         print("daydream run: interrupted again; stopping now", flush=True)
     finally:
         done.set()
-        stop_processes([p for p, _ in procs], float(config.actor.shutdown_grace) + 10.0)
+        stop_processes([p for p, _ in procs], config.actor.shutdown_grace_s + 10.0)
         if learner is not None:
             learner.close()
             print(f"checkpoint in {logdir}; rerun the same command to resume", flush=True)
-        ray.shutdown()
+        stop_ray()
     return 0

@@ -28,10 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the robot's public key name in the key dir (default teleop.server_key)",
     )
     parser.add_argument("--send", choices=SEND, default=None, help="send one command and exit")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="config override (repeatable)",
-    )
+    from daydream.cli.common import add_set_argument
+
+    add_set_argument(parser, "teleop.reply_timeout_s=5")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,21 +38,23 @@ def main(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from daydream.cli.common import build_config
     from daydream.cli.drive import status_line
-    from daydream.config import load_config
-    from daydream.teleop.console import ConsoleClient, resolve_key_dir
-    from robots.base import Space
+    from daydream.core.spaces import Space
+    from daydream.safety.console import ConsoleClient
+    from daydream.wire.curve import key_directory
 
-    config = load_config(args.config, overrides=args.overrides)
-    key_dir = Path(args.keys) if args.keys else resolve_key_dir(config)
+    keys, args.keys = args.keys, None  # a path of its own here, not transport.key_dir
+    config = build_config(args, "teleop")
+    key_dir = Path(keys) if keys else key_directory(config.transport.key_dir, config.logdir)
     client = ConsoleClient(
         args.robot,
         key_dir / f"{args.key or config.teleop.client_key}.key_secret",
         key_dir / f"{args.server_key or config.teleop.server_key}.key",
-        timeout=float(config.teleop.reply_timeout),
+        timeout=float(config.teleop.reply_timeout_s),
     )
     unreachable = (
-        f"no reply from {args.robot} within {config.teleop.reply_timeout} s: is the robot's "
+        f"no reply from {args.robot} within {config.teleop.reply_timeout_s} s: is the robot's "
         f"actor running with its console on (--console / teleop.console), and is this "
         f"machine's public key ({args.key or config.teleop.client_key}.key) in the robot's "
         f"{config.teleop.allowed_dir}/ directory?"
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
         high = np.array([np.inf if x is None else x for x in info["high"]], np.float32)
         space = Space(tuple(info["shape"]), np.float32, low=low, high=high,
                       discrete=bool(info["discrete"]))
-        from daydream.teleop.keyboard import KeyboardTeleop
+        from daydream.safety.keyboard import KeyboardTeleop
 
         keyboard = KeyboardTeleop(client, space, config.teleop)
         with keyboard:
@@ -100,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
                     if status["last_fault"]:
                         line += f" | last fault: {status['last_fault']}"
                 print("\r" + line.ljust(100)[:200], end="", flush=True)
-                time.sleep(float(config.teleop.status_period))
+                time.sleep(float(config.teleop.status_period_s))
         print()
         return 0
     except KeyboardInterrupt:

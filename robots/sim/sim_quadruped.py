@@ -195,14 +195,14 @@ def make_sim_quadruped(config: Any) -> Any:
         floor_size=float(sim.floor_size),
         camera=str(sim.camera),
         image_size=tuple(driver.image.size),
-        settle_time=float(sim.settle_time),
+        settle_time=float(sim.settle_time_s),
     )
     n = len(physics.joint_lower)
     kp = np.full(n, float(sim.kp), np.float32)
     kd = np.full(n, float(sim.kd), np.float32)
     board = VirtualBoard(
         physics,
-        control_period=float(driver.control_period),
+        control_period=float(driver.control_period_s),
         joint_lower=physics.joint_lower,
         joint_upper=physics.joint_upper,
         stand_pose=physics.stand_pose,
@@ -216,15 +216,17 @@ def make_sim_quadruped(config: Any) -> Any:
             "joint_lower": physics.joint_lower.tolist(),
             "joint_upper": physics.joint_upper.tolist(),
             "stand_pose": physics.stand_pose.tolist(),
-            "kp": float(sim.kp),
-            "kd": float(sim.kd),
-            "reply_timeout": float(sim.reply_timeout),
-            "board_timeout": float(sim.board_timeout),
+            "kp": [float(sim.kp)],
+            "kd": [float(sim.kd)],
+            "reply_timeout_s": float(sim.reply_timeout_s),
+            "board_timeout_s": float(sim.board_timeout_s),
             "pace": False,
         },
     )
     camera = physics.render if driver.image.enabled else None
-    return Quadruped(block, camera=camera, companion=_BoardAndPhysics(board, physics))
+    robot = Quadruped(block, camera=camera, companion=_BoardAndPhysics(board, physics))
+    robot.simulated = True
+    return robot
 
 
 class _BoardAndPhysics:
@@ -236,6 +238,12 @@ class _BoardAndPhysics:
 
     def start(self) -> None:
         self.board.start()
+
+    def pause(self) -> None:
+        self.board.pause()
+
+    def resume(self) -> None:
+        self.board.resume()
 
     def close(self) -> None:
         self.board.close()

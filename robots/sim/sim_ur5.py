@@ -173,6 +173,7 @@ class SimUR5Controller:
         self.q = np.asarray(q, np.float64).copy()
         self.tcp_pose = forward_kinematics(self.q, self.tcp_offset)
         self.enforce_watchdog = enforce_watchdog
+        self._paused = False  # pause(): the watchdog is suspended
         self.clock = clock
         self._t0 = clock()
         self._frozen_time: float | None = None
@@ -228,8 +229,18 @@ class SimUR5Controller:
             self._last_kick = self.clock()
 
     # commands -----------------------------------------------------------
+    def pause(self) -> None:
+        """Suspend the watchdog: the simulation's time stands still for the driver."""
+        with self.lock:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self.lock:
+            self._paused = False
+            self._last_kick = self.clock()
+
     def _can_move(self) -> bool:
-        if self.enforce_watchdog and self.watchdog_period is not None:
+        if self.enforce_watchdog and self.watchdog_period is not None and not self._paused:
             if self.clock() - self._last_kick > self.watchdog_period:
                 self.program_running = False  # rtde_control's script stops on a missed kick
         return self.connected and self.program_running and self.safety_mode == SAFETY_NORMAL
@@ -395,6 +406,7 @@ def make_sim_ur5(config: Any) -> Any:
     """
     from robots.gripper import RobotiqGripper
     from robots.sim.gripper_server import SimGripperServer
+    from robots.tasks import make_ur5_task
     from robots.ur5 import UR5, _plain
 
     cfg, sim = _plain(config.ur5), _plain(config.sim_ur5)
@@ -419,15 +431,17 @@ def make_sim_ur5(config: Any) -> Any:
 
     robot = UR5(
         cfg,
+        make_ur5_task(cfg, seed),
         control=lambda: SimRTDEControl(controller),
         receive=lambda: SimRTDEReceive(controller),
         gripper=lambda: RobotiqGripper(
-            server.host, server.port, g["timeout"], g["speed"], g["force"]
+            server.host, server.port, g["timeout_s"], g["speed"], g["force"]
         ),
         camera=lambda: SimCamera(scene),
         reset_hook=scene.tidy if sim["tidy_on_reset"] else None,
         on_disconnect=cell.close,
-        seed=seed,
+        pause=(controller.pause, controller.resume),
     )
+    robot.simulated = True
     robot.cell = cell  # type: ignore[attr-defined]
     return robot

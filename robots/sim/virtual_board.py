@@ -98,6 +98,7 @@ class VirtualBoard:
         self.targets = self.stand_pose.copy()
         self._last_command = time.monotonic()
         self._next_free_step = time.monotonic()
+        self._paused = False  # pause(): the command timeout is suspended
 
         # counters (read by tests)
         self.commands: dict[P.MsgType, int] = {t: 0 for t in P.MsgType}
@@ -118,6 +119,17 @@ class VirtualBoard:
         self._last_command = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="virtual-board", daemon=True)
         self._thread.start()
+
+    def pause(self) -> None:
+        """Suspend the command timeout: the simulation's time stands still for the driver."""
+        with self._state_lock:
+            self._paused = True
+
+    def resume(self) -> None:
+        """The command timeout counts again, from now."""
+        with self._state_lock:
+            self._paused = False
+            self._last_command = time.monotonic()
 
     def close(self) -> None:
         """Stop the board thread and close the pty (idempotent)."""
@@ -205,6 +217,7 @@ class VirtualBoard:
             if (
                 self.mode == P.Status.ACTIVE
                 and self.timeout > 0
+                and not self._paused
                 and now - self._last_command > self.timeout
             ):
                 self.timed_out = True

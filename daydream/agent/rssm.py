@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from daydream.dists import OneHotST, categorical_kl, gaussian_kl
-from daydream.nets import NormGRUCell, activation
+from daydream.agent.dists import OneHotST, categorical_kl, gaussian_kl
+from daydream.agent.nets import NormGRUCell, activation
 
 State = dict[str, torch.Tensor]
 

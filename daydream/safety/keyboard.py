@@ -11,7 +11,7 @@ Ctrl-C still interrupts) and turns them into commands to a sink (``teleop.Comman
 
 A terminal reports key presses, never releases; a key held down repeats (after the
 terminal's auto-repeat delay, about 0.25-0.5 s, then some 30 times a second). So "held"
-means "pressed again within ``teleop.hold_window`` seconds":
+means "pressed again within ``teleop.hold_window_s`` seconds":
 - motion keys are always held keys: the action is non-rest while the key repeats and
   falls back to the rest action ``hold_window`` after its last repeat;
 - the override is a toggle by default (``override_mode: toggle``: one press takes over,
@@ -35,8 +35,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from daydream.teleop import Commands
-from robots.base import Space
+from daydream.core.spaces import Space
+from daydream.safety.commands import Commands
 
 NAMED_KEYS = {" ": "space", "\t": "tab", "\r": "enter", "\n": "enter", "\x7f": "backspace"}
 ARROWS = {"A": "up", "B": "down", "C": "right", "D": "left"}
@@ -89,7 +89,7 @@ class KeyboardTeleop:
         self.mode = str(config["override_mode"])
         if self.mode not in ("toggle", "hold"):
             raise ValueError(f"teleop.override_mode is '{self.mode}'; use toggle or hold")
-        self.hold_window = float(config["hold_window"])
+        self.hold_window = float(config["hold_window_s"])
         self.delta = float(config["delta"])
         n = act_space.shape[0]
         self.motion: dict[str, tuple[int, float]] = {}  # key -> (index, sign)

@@ -1,13 +1,8 @@
-"""The replay as a Ray actor, with the samples-per-insert limiter that throttles the learner.
+"""The replay service: the chunk store behind a lock, with the samples-per-insert limiter.
 
-``ReplayService`` is a thread-safe plain class (usable in one process, e.g. the gateway's
-thread mode and tests); ``ReplayActor`` is the same class as a threaded Ray actor::
-
-    replay = ReplayActor.options(name="replay").remote(capacity=..., directory=..., ...)
-    ok = ray.get(replay.add.remote("robot-0", 7, chunk))
-    batch = ray.get(replay.sample.remote(16, 64, timeout=1.0))   # None while throttled
-
-The limiter only ever makes *sampling* wait: an add never waits for the learner.
+``ReplayService`` is a thread-safe plain class: the single-process runner and the tests
+use it in one process, and ``daydream.replay.remote.ReplayActor`` is the same class as a
+threaded Ray actor. The limiter only ever makes *sampling* wait: an add never waits.
 """
 
 from __future__ import annotations
@@ -17,35 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import ray
 
-from daydream.replay import Replay
-
-
-class SamplesPerInsert:
-    """Owns the rule "the learner may replay at most ``ratio`` steps per inserted step".
-
-    Sampling ``n`` steps is allowed when the replay holds ``min_size`` inserted steps and
-    ``sampled + n <= ratio * inserted + tolerance``; ``ratio <= 0`` turns the limit off
-    (only ``min_size`` applies). Inserting is never limited.
-    """
-
-    def __init__(self, ratio: float, tolerance: float, min_size: int):
-        self.ratio = float(ratio)
-        self.tolerance = float(tolerance)
-        self.min_size = int(min_size)
-        self.inserted = 0
-        self.sampled = 0
-
-    def can_sample(self, steps: int) -> bool:
-        if self.inserted < self.min_size:
-            return False
-        if self.ratio <= 0:
-            return True
-        return self.sampled + steps <= self.ratio * self.inserted + self.tolerance
-
-    def state(self) -> dict:
-        return {"inserted_steps": self.inserted, "sampled_steps": self.sampled}
+from daydream.replay.limiter import SamplesPerInsert
+from daydream.replay.store import Replay
 
 
 class ReplayService:
@@ -67,11 +36,6 @@ class ReplayService:
         self._cond = threading.Condition()
         self._throttled = 0
         self._rejected = 0
-
-    @classmethod
-    def from_config(cls, config, logdir: str | Path | None = None) -> ReplayService:
-        """Build from the ``replay`` block of a daydream config (directory relative to logdir)."""
-        return cls(**replay_kwargs(config, logdir))
 
     def add(self, stream: str, seq: int, chunk: dict[str, np.ndarray]) -> bool:
         """Store a chunk (durably when the replay has a directory); False for a duplicate."""
@@ -96,20 +60,30 @@ class ReplayService:
         return results
 
     def sample(
-        self, batch_size: int, length: int, timeout: float = 0.0
+        self, batch_size: int, length: int, timeout: float = 0.0, counted: bool = True
     ) -> dict[str, np.ndarray] | None:
         """A (B, L, ...) batch, or None if the limiter (or too little data) still says no after
-        waiting up to ``timeout`` seconds."""
+        waiting up to ``timeout`` seconds. ``counted=False`` (the learner's pretraining right
+        after prefill) needs only ``min_size`` and is not counted against the ratio."""
         steps = batch_size * length
         deadline = time.monotonic() + timeout
+
+        def allowed() -> bool:
+            if not self._replay.ready(length):
+                return False
+            if counted:
+                return self._limiter.can_sample(steps)
+            return self._limiter.inserted >= self._limiter.min_size
+
         with self._cond:
-            while not (self._limiter.can_sample(steps) and self._replay.ready(length)):
+            while not allowed():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._throttled += 1
                     return None
                 self._cond.wait(remaining)
-            self._limiter.sampled += steps
+            if counted:
+                self._limiter.sampled += steps
             return self._replay.sample(batch_size, length)
 
     def ready(self, length: int) -> bool:
@@ -121,6 +95,19 @@ class ReplayService:
         """(stream, seq) of every chunk held, oldest first."""
         with self._cond:
             return self._replay.keys()
+
+    def restore_sampled(self, sampled: int) -> None:
+        """The learner resumed having replayed ``sampled`` steps: count them again, but never
+        more than the ratio allows for what the replay holds now (so a resumed learner goes
+        on at the ratio instead of replaying the whole reloaded replay at once)."""
+        with self._cond:
+            limiter = self._limiter
+            if limiter.ratio > 0:
+                sampled = min(sampled, int(limiter.ratio * limiter.inserted))
+            limiter.load_state(sampled)
+
+    def close(self) -> None:
+        """Nothing to release in one process (the Ray handle's close kills the actor)."""
 
     def num_steps(self) -> int:
         with self._cond:
@@ -136,24 +123,21 @@ class ReplayService:
             }
 
 
-def replay_kwargs(config, logdir: str | Path | None = None) -> dict:
-    """Constructor arguments for ReplayService/ReplayActor from a daydream config."""
-    r = config.replay
+def replay_options(block, logdir: str | Path | None, seed: int) -> dict:
+    """Constructor arguments of ReplayService / ReplayActor from the ``replay`` config block
+    (its directory relative to ``logdir``; samples_per_insert and min_size are resolved
+    from the train block when the config loads)."""
     directory = None
-    if r.directory:
-        directory = Path(r.directory)
+    if block.directory:
+        directory = Path(block.directory)
         if not directory.is_absolute() and logdir is not None:
             directory = Path(logdir) / directory
     return dict(
-        capacity=int(r.capacity),
+        capacity=block.capacity,
         directory=str(directory) if directory else None,
-        recency=float(r.recency),
-        seed=int(config.seed),
-        samples_per_insert=float(r.samples_per_insert),
-        spi_tolerance=float(r.spi_tolerance),
-        min_size=int(r.min_size),
+        recency=block.recency,
+        seed=seed,
+        samples_per_insert=block.samples_per_insert,
+        spi_tolerance=block.spi_tolerance,
+        min_size=block.min_size,
     )
-
-
-# A threaded actor: sample() may wait for inserts while add() calls keep being served.
-ReplayActor = ray.remote(max_concurrency=8, num_cpus=0)(ReplayService)

@@ -4,7 +4,8 @@ For every chunk a robot sends, the gateway
   1. decodes it (``codec``; a bad message is counted by reason and answered with ``error``),
   2. validates it against the declared step spaces when given (wrong keys, shapes or
      dtypes -> ``nack``, counted as ``bad_chunk``),
-  3. hands it to the replay (a ``ReplayActor`` handle or an in-process ``ReplayService``),
+  3. hands it to the replay (``daydream.replay.remote.RemoteReplay``, whose adds are
+     pipelined, or an in-process ``ReplayService``),
   4. acknowledges it ONLY once the replay has answered True (stored, on disk) or False (a
      duplicate it already holds). If the replay call fails, nothing is acknowledged and
      the robot's outbox sends the chunk again.
@@ -15,7 +16,8 @@ learner) announces the version to every robot seen recently; a robot that asks
 Two ways to run it::
 
     gateway = Gateway(replay, bind="tcp://*:5555", key_dir="keys"); gateway.start()  # a thread
-    gateway = GatewayActor.remote(replay_handle, bind=...); gateway.start.remote()   # Ray actor
+    gateway = remote_class(Gateway).remote(replay, bind=...)                         # a Ray actor
+    gateway.start.remote()                            # (daydream.replay.remote.remote_class)
     ...
     gateway.publish_weights(params, version); gateway.stop()
 
@@ -33,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daydream.codec import encode
-from daydream.transport import TransportOptions, TransportServer, key_dir_from_config
+from daydream.wire.codec import encode
+from daydream.wire.transport import TransportOptions, TransportServer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ class Gateway:
         options: TransportOptions | None = None,
     ):
         self.replay = replay
-        self._remote = hasattr(getattr(replay, "add_batch", None), "remote")
+        # a replay elsewhere (daydream.replay.remote.RemoteReplay) pipelines its adds itself
+        self._sink = replay if hasattr(replay, "submit") else InlineSink(replay)
         self.spaces = (
             {k: (np.dtype(s.dtype), tuple(s.shape)) for k, s in spaces.items()} if spaces else None
         )
@@ -79,21 +82,6 @@ class Gateway:
         self._pending: list = []  # chunks received, not yet handed to the replay
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-
-    @classmethod
-    def from_config(
-        cls, config, replay, logdir: str | Path | None = None, bind: str | None = None, **kw
-    ) -> Gateway:
-        return cls(
-            replay,
-            bind or config.gateway.bind,
-            curve=bool(config.transport.curve),
-            key_dir=key_dir_from_config(config, logdir),
-            max_batch=int(config.gateway.max_batch),
-            poll_ms=int(config.gateway.poll_ms),
-            options=TransportOptions.from_config(config),
-            **kw,
-        )
 
     # ------------------------------------------------------------ learner side
 
@@ -238,39 +226,21 @@ class Gateway:
     def _submit(self, batch: list[tuple[bytes, str, int, dict]]) -> None:
         items = [(f"{actor}", seq, data) for _, actor, seq, data in batch]
         meta = [(peer, actor, seq) for peer, actor, seq, _ in batch]
-        if self._remote:
-            self._in_flight.append((self.replay.add_batch.remote(items), meta))
-            return
-        try:
-            results = self.replay.add_batch(items)
-        except Exception as e:  # nothing acknowledged: the robots resend
-            self.counts["replay_errors"] += 1
-            log.warning("gateway: replay refused a batch (%s); robots will resend", e)
-            return
-        self._acknowledge(meta, results)
+        self._in_flight.append((self._sink.submit(items), meta))
 
     def _collect(self, block: bool = False, timeout: float | None = None) -> None:
         if not self._in_flight:
             return
-        import ray
-
-        refs = [ref for ref, _ in self._in_flight]
-        ready, _ = ray.wait(
-            refs, num_returns=1 if block else len(refs), timeout=timeout if block else 0
-        )
-        if not ready:
-            return
-        ready_set = set(ready)
+        finished = dict(self._sink.done([t for t, _ in self._in_flight], block, timeout))
         still = []
-        for ref, meta in self._in_flight:
-            if ref not in ready_set:
-                still.append((ref, meta))
+        for ticket, meta in self._in_flight:
+            if ticket not in finished:
+                still.append((ticket, meta))
                 continue
-            try:
-                results = ray.get(ref)
-            except Exception as e:  # the replay actor died or raised: no acks, robots resend
+            results = finished[ticket]
+            if isinstance(results, BaseException):  # no acks: the robots resend
                 self.counts["replay_errors"] += 1
-                log.warning("gateway: replay call failed (%s); robots will resend", e)
+                log.warning("gateway: the replay refused a batch (%s); robots will resend", results)
                 continue
             self._acknowledge(meta, results)
         self._in_flight = still
@@ -322,8 +292,22 @@ class Gateway:
                 self.server.send(peer, info)
 
 
-def make_gateway_actor(**ray_options):
-    """The Gateway as a Ray actor class (threaded, so publish/stats run beside the loop)."""
-    import ray
+class InlineSink:
+    """A replay in this process (``ReplayService``) behind the gateway's pipelined interface:
+    ``submit`` stores the batch at once and ``done`` hands back its results."""
 
-    return ray.remote(max_concurrency=4, num_cpus=0, **ray_options)(Gateway)
+    def __init__(self, replay) -> None:
+        self.replay = replay
+        self._next = 0
+        self._results: dict[int, object] = {}
+
+    def submit(self, items: list) -> int:
+        self._next += 1
+        try:
+            self._results[self._next] = self.replay.add_batch(items)
+        except Exception as e:  # noqa: BLE001 - reported by done(); the robots resend
+            self._results[self._next] = e
+        return self._next
+
+    def done(self, tickets: list, block: bool = False, timeout: float | None = None) -> list:
+        return [(t, self._results.pop(t)) for t in tickets if t in self._results]

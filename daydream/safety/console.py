@@ -14,11 +14,11 @@ Wire format: one msgpack-encoded dict per message, never pickle. Requests::
 
 Every reply is ``{"id": n, "ok": bool, "error": str, "status": SafetySupervisor.status,
 "action_space": {"shape", "discrete", "low", "high"}}``: the client polls ``status``
-every ``teleop.status_period`` seconds to show the robot's state (request/reply on one
+every ``teleop.status_period_s`` seconds to show the robot's state (request/reply on one
 port rather than a separate PUB socket: one port to open, and a reply proves the
 command arrived).
 
-Security: CURVE encryption and authentication (daydream/keys.py). The server uses this
+Security: CURVE encryption and authentication (daydream/wire/curve.py). The server uses this
 robot's key pair (``<transport.key_dir>/<teleop.server_key>.key_secret``) and accepts
 only clients whose public key file is in ``<transport.key_dir>/<teleop.allowed_dir>/``.
 A client with another key never completes the handshake: it gets no reply and its
@@ -45,24 +45,15 @@ import msgpack
 import numpy as np
 import zmq
 
-from daydream import keys as curve
-from daydream.safety import SafetySupervisor
+from daydream.safety.supervisor import SafetySupervisor
+from daydream.wire import curve
 
-log = logging.getLogger("daydream.teleop.console")
+log = logging.getLogger("daydream.safety.console")
 
 MAX_MESSAGE = 64 * 1024  # bytes; a console message is a few hundred
 MAX_ACTION = 4096  # numbers in one action
 COMMANDS = ("status", "stop", "reset", "override", "action")
 POLL_MS = 50
-
-
-def resolve_key_dir(config: Any) -> Path:
-    """``transport.key_dir``: absolute, else relative to the working directory if it exists
-    there, else relative to ``logdir``."""
-    key_dir = Path(str(config.transport.key_dir))
-    if key_dir.is_absolute() or key_dir.is_dir():
-        return key_dir
-    return Path(str(config.logdir)) / key_dir
 
 
 def _space_info(sup: SafetySupervisor) -> dict[str, Any]:
@@ -297,7 +288,7 @@ class ConsoleClient:
         with self._lock:
             self._drop_socket()
 
-    # the Commands interface (daydream.teleop.Commands)
+    # the Commands interface (daydream.safety.commands.Commands)
     def status(self) -> dict[str, Any] | None:
         return self.request("status")
 

@@ -8,7 +8,7 @@ where o_t is every decoded sensor (images and vectors), r_t the reward and
 c_t = 1 - is_terminal the continuation flag (DreamerV2's discount head). The loss
 minimised is -J, averaged over batch and time.
 
-``model.repr`` switches the representation term (daydream/contrastive.py has the equations):
+``model.repr`` switches the representation term (daydream/agent/contrastive.py has the equations):
     reconstruction  ln q(o_t | s_t)                          (above)
     nce             Dreamer's contrastive estimation, J_S = ln q(s_t|o_t) - ln sum_o' q(s_t|o')
     dreaming        Dreaming's NCE between z_t and an augmented view of o_t, with the KL term,
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from daydream import contrastive
-from daydream.dists import Bernoulli, MSEDist
-from daydream.nets import MLP, ConvDecoder, ConvEncoder
-from daydream.rssm import RSSM, State
-from robots.base import STEP_KEYS, Space
+from daydream.agent import contrastive
+from daydream.agent.dists import Bernoulli, MSEDist
+from daydream.agent.nets import MLP, ConvDecoder, ConvEncoder
+from daydream.agent.rssm import RSSM, State
+from daydream.core.spaces import STEP_KEYS, Space
 
 # Keys in a step record that are not sensors.
 NON_SENSOR_KEYS = set(STEP_KEYS) | {"action", "intervention"}

@@ -39,6 +39,14 @@ SERVER_NAME = "gateway"
 ALLOWED_DIR = "allowed"
 
 
+def key_directory(key_dir: str | Path, logdir: str | Path) -> Path:
+    """Where the key files are: ``transport.key_dir`` as given when absolute, else inside the
+    run's logdir (``--keys DIR`` on the command line is made absolute from the working
+    directory). The one rule for the gateway, the robots and the consoles."""
+    path = Path(key_dir)
+    return path if path.is_absolute() else Path(logdir) / path
+
+
 class KeyFileError(ValueError):
     """A key file that is missing or unusable."""
 

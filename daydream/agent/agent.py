@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from daydream.behavior import Behavior
-from daydream.rssm import State
-from daydream.world_model import WorldModel, preprocess, to_torch
-from robots.base import Space
+from daydream.agent.behavior import Behavior
+from daydream.agent.rssm import State
+from daydream.agent.world_model import WorldModel, preprocess, to_torch
+from daydream.core.spaces import Space
 
 POLICY_MODULES = ("encoder", "rssm", "actor")
 

@@ -8,39 +8,15 @@ numbers and strings only, and loading one never runs code.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from daydream.config import from_dict, to_dict
-from robots.base import Space
+from daydream.core.config import from_dict, to_dict
+from daydream.core.files import atomic_write
+from daydream.core.spaces import spaces_from_dict, spaces_to_dict
 
 FILENAME = "checkpoint.pt"
-
-
-def space_to_dict(space: Space) -> dict:
-    bound = lambda b: None if b is None else np.asarray(b, np.float64).tolist()  # noqa: E731
-    return {
-        "shape": list(space.shape),
-        "dtype": space.dtype.str,
-        "low": bound(space.low),
-        "high": bound(space.high),
-        "discrete": space.discrete,
-    }
-
-
-def space_from_dict(d: dict) -> Space:
-    return Space(tuple(d["shape"]), np.dtype(d["dtype"]), d["low"], d["high"], d["discrete"])
-
-
-def spaces_to_dict(spaces: dict[str, Space]) -> dict:
-    return {k: space_to_dict(v) for k, v in spaces.items()}
-
-
-def spaces_from_dict(d: dict) -> dict[str, Space]:
-    return {k: space_from_dict(v) for k, v in d.items()}
 
 
 def save(path: str | Path, payload: dict) -> Path:
@@ -48,19 +24,7 @@ def save(path: str | Path, payload: dict) -> Path:
     path = Path(path)
     if path.is_dir() or not path.suffix:
         path = path / FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def find(path: str | Path) -> Path | None:
@@ -113,7 +77,7 @@ def agent_payload(agent, **extra) -> dict:
 
 def load_agent(path: str | Path, device: str | None = None):
     """Rebuild the Agent stored at ``path`` (file or logdir). Returns (agent, config)."""
-    from daydream.agent import Agent
+    from daydream.agent.agent import Agent
 
     payload = load(path)
     config = from_dict(payload["config"])

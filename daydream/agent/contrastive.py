@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from daydream.nets import MLP
+from daydream.agent.nets import MLP
 
 # ---------------------------------------------------------------------------- scores and NCE
 

@@ -5,7 +5,7 @@ Every tick, in this order::
     policy action ─▶ 1 latched stop ─▶ 2 teleop override ─▶ 3 limits ─────────▶ robot.step
                      (nothing sent)     (person's action)    (clamp, or refuse
                                                               and hold)
-    4 watchdog thread: no command reached the robot within safety.watchdog_deadline
+    4 watchdog thread: no command reached the robot within safety.watchdog_deadline_s
       while an episode runs  ─▶  robot.stop(), stop latched
 
 1. Latched stop. ``request_stop`` (keyboard, remote console, watchdog, a robot fault)
@@ -58,24 +58,25 @@ How the actor uses it::
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from daydream.core.files import write_text
 from robots.base import LimitViolation, Robot, RobotFault
 
-log = logging.getLogger("daydream.safety")
+log = logging.getLogger("daydream.safety.supervisor")
 
 CONFIG_KEYS = (
-    "watchdog_deadline",
-    "watchdog_poll",
+    "watchdog_deadline_s",
+    "watchdog_poll_s",
     "hard_stop_on_fault",
     "max_abs",
     "max_change",
@@ -110,8 +111,10 @@ class SafetySupervisor:
             )
         self.robot = robot
         self.cfg = {k: config[k] for k in CONFIG_KEYS}
-        if float(self.cfg["watchdog_deadline"]) <= 0:
-            raise ValueError("safety.watchdog_deadline must be > 0 seconds (it cannot be disabled)")
+        if float(self.cfg["watchdog_deadline_s"]) <= 0:
+            raise ValueError(
+                "safety.watchdog_deadline_s must be > 0 seconds (it cannot be disabled)"
+            )
         self.space = robot.act_space["action"]
         self.discrete = bool(self.space.discrete)
         self._rest = self._make_rest()
@@ -192,6 +195,21 @@ class SafetySupervisor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """A simulated robot waits between two ticks (single-process training, a simulated
+        robot holding the training ratio): the watchdog and the robot's own timeouts are
+        suspended inside. A real robot refuses (``Robot.paused``): it never waits."""
+        with self.robot.paused():
+            with self._lock:
+                armed, self._armed = self._armed, False
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._last_command = time.monotonic()
+                    self._armed = armed and not self._stopped and not self._needs_reset
+
     # ------------------------------------------------------------------ 1. the latched stop
     @property
     def stopped(self) -> bool:
@@ -236,19 +254,13 @@ class SafetySupervisor:
             return True
 
     def _persist_latch(self) -> None:
-        """Write the latched stop to ``latch_file`` (temp file, fsync, rename)."""
+        """Write the latched stop to ``latch_file`` (atomically and durably)."""
         if self.latch_file is None:
             return
         record = {"source": self._stop_source, "reason": self._stop_reason,
                   "since": self._stop_since}
         try:
-            self.latch_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.latch_file.with_name(self.latch_file.name + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(record, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.latch_file)
+            write_text(self.latch_file, json.dumps(record))
         except OSError as e:  # the stop itself is latched in memory regardless
             log.error("could not persist the safety stop to %s: %s", self.latch_file, e)
 
@@ -508,8 +520,8 @@ class SafetySupervisor:
 
     # ------------------------------------------------------------------ 4. watchdog
     def _watch(self) -> None:
-        deadline = float(self.cfg["watchdog_deadline"])
-        poll = float(self.cfg["watchdog_poll"])
+        deadline = float(self.cfg["watchdog_deadline_s"])
+        poll = float(self.cfg["watchdog_poll_s"])
         while not self._closing.wait(poll):
             with self._lock:
                 idle = time.monotonic() - self._last_command

@@ -21,9 +21,9 @@ import copy
 import torch
 from torch import nn
 
-from daydream.dists import OneHotST, TanhNormal
-from daydream.nets import MLP
-from daydream.rssm import State
+from daydream.agent.dists import OneHotST, TanhNormal
+from daydream.agent.nets import MLP
+from daydream.agent.rssm import State
 
 
 def lambda_return(
@@ -41,7 +41,7 @@ def lambda_return(
     return torch.stack(returns[1:][::-1])
 
 
-class Actor(nn.Module):
+class ActorNetwork(nn.Module):
     """The policy pi(a | s): one-hot categorical (discrete) or tanh-Gaussian (continuous)."""
 
     def __init__(self, feat: int, action: int, discrete: bool, cfg, act: str, norm: str):
@@ -70,7 +70,7 @@ class Behavior(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.discrete = discrete
-        self.actor = Actor(feat, action, discrete, cfg.actor, act, norm)
+        self.actor = ActorNetwork(feat, action, discrete, cfg.actor, act, norm)
         self.critic = MLP(feat, 1, cfg.critic.layers, cfg.critic.units, act, norm)
         self.slow_critic = copy.deepcopy(self.critic)
         self.slow_critic.requires_grad_(False)

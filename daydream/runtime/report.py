@@ -46,7 +46,7 @@ def decoder_of(world_model):
 def open_loop(agent, batch: dict[str, np.ndarray], context: int) -> dict[str, np.ndarray]:
     """Predict every image sensor of ``batch`` (B, T, ...): ``context`` frames observed, then
     imagined from the recorded actions. Returns {key: uint8 (B, T, H, W, C)} predictions."""
-    from daydream.world_model import preprocess, to_torch
+    from daydream.agent.world_model import preprocess, to_torch
 
     wm = agent.wm
     decoder = decoder_of(wm)
@@ -173,8 +173,8 @@ def write_report(
     video_format: str = "gif",
 ) -> tuple[list[Path], list[str]]:
     """Videos and plots for the run in ``logdir``. Returns (paths written, notes for the user)."""
-    from daydream import checkpoint
-    from daydream.replay import Replay
+    from daydream.agent import checkpoint
+    from daydream.replay.store import Replay
 
     logdir = Path(logdir)
     outdir = Path(outdir) if outdir else logdir / "report"

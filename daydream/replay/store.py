@@ -29,7 +29,6 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import os
 import struct
 import zlib
 from collections import deque
@@ -37,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daydream.chunks import chunk_length
+from daydream.core.chunks import chunk_length
+from daydream.core.files import TMP_PREFIX, TMP_SUFFIX, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ Key = tuple[str, int]
 
 _MAGIC = b"DDCHUNK1"
 _SUFFIX = ".chunk"
-_TMP_SUFFIX = ".tmp"
 
 
 # ---------------------------------------------------------------- chunk files
@@ -155,7 +154,7 @@ class _Segment:
 class Replay:
     """Owns the stored experience: chunks per stream, their files on disk, sampling and eviction.
 
-    Not thread-safe; ``ReplayActor`` serialises access. See the module docstring.
+    Not thread-safe; ``ReplayService`` serialises access. See the module docstring.
     """
 
     def __init__(
@@ -398,28 +397,17 @@ class Replay:
 
     def _write(self, file_id: int, records: list[tuple[Key, int, dict[str, np.ndarray]]]) -> None:
         assert self.directory is not None
-        final = self.directory / f"{file_id:012d}{_SUFFIX}"
-        tmp = self.directory / f".{file_id:012d}{_SUFFIX}{_TMP_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
+
+        def write(f) -> None:
             for (stream, seq), index, chunk in records:
                 for part in _encode_chunk_file(stream, seq, index, chunk):
-                    view = memoryview(part)
-                    while view:
-                        view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        dfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)  # make the rename itself durable
-        finally:
-            os.close(dfd)
+                    f.write(part)
+
+        atomic_write(self.directory / f"{file_id:012d}{_SUFFIX}", write)
 
     def _reload(self) -> None:
         assert self.directory is not None
-        for tmp in self.directory.glob(f".*{_SUFFIX}{_TMP_SUFFIX}"):
+        for tmp in self.directory.glob(f"{TMP_PREFIX}*{_SUFFIX}*{TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)  # a write that never reached its rename
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
             try:

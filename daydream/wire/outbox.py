@@ -20,10 +20,11 @@ Plain class, single-threaded (call it from the thread that owns the TransportCli
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from daydream.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class Outbox:
         self._next_seq += 1
         if self.directory is not None and self._next_seq > self._reserved:
             self._reserved = self._next_seq + SEQ_BLOCK
-            _write_atomic(self.directory / "next_seq", str(self._reserved).encode())
+            atomic_write(self.directory / "next_seq", str(self._reserved).encode())
         return seq
 
     def put(self, seq: int, data: bytes) -> None:
@@ -175,7 +176,7 @@ class Outbox:
             self.counts["dropped"] += 1
             log.warning("outbox: a %d-byte chunk exceeds the whole disk bound; dropped", len(data))
             return
-        _write_atomic(self._path(seq), data)
+        atomic_write(self._path(seq), data)
         self._spilled[seq] = len(data)
         self._disk_bytes += len(data)
         self.counts["spilled"] += 1
@@ -233,9 +234,3 @@ class Outbox:
             )
         self._refill()
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

@@ -16,7 +16,7 @@ outbox) keeps the chunk and sends it again later. ZMTP heartbeats notice a dead 
 DEALER reconnects by itself with backoff; LINGER 0 so closing never waits.
 
 CURVE is on by default: the server uses its secret key and admits only clients whose
-public key is in the allow-list directory (see ``daydream.keys``). Any socket served by
+public key is in the allow-list directory (see ``daydream.wire.curve``). Any socket served by
 this module is closed by ``close()``; both classes are context managers.
 """
 
@@ -30,8 +30,16 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from daydream import keys
-from daydream.codec import CodecError, decode, encode, is_v1, upgrade_v1
+from daydream.wire.codec import CodecError, decode, encode, is_v1, upgrade_v1
+from daydream.wire.curve import (
+    ALLOWED_DIR,
+    SERVER_NAME,
+    KeyFileError,
+    load_keypair,
+    make_curve_client,
+    make_curve_server,
+    start_authenticator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +58,16 @@ class TransportOptions:
     max_weights_bytes: int = 1024 * 1024 * 1024  # what a robot accepts from its gateway
 
     @classmethod
-    def from_config(cls, config) -> TransportOptions:
-        t = config.transport
+    def from_block(cls, t) -> TransportOptions:
+        """From the ``transport`` config block."""
         return cls(
-            sndhwm=int(t.sndhwm),
-            rcvhwm=int(t.rcvhwm),
-            heartbeat_ivl_ms=int(t.heartbeat_ivl_ms),
-            heartbeat_timeout_ms=int(t.heartbeat_timeout_ms),
-            reconnect_ivl_ms=int(t.reconnect_ivl_ms),
-            reconnect_ivl_max_ms=int(t.reconnect_ivl_max_ms),
-            max_message_bytes=int(t.max_message_mb) * 1024 * 1024,
+            sndhwm=t.sndhwm,
+            rcvhwm=t.rcvhwm,
+            heartbeat_ivl_ms=t.heartbeat_ivl_ms,
+            heartbeat_timeout_ms=t.heartbeat_timeout_ms,
+            reconnect_ivl_ms=t.reconnect_ivl_ms,
+            reconnect_ivl_max_ms=t.reconnect_ivl_max_ms,
+            max_message_bytes=t.max_message_mb * 1024 * 1024,
         )
 
     def apply(self, sock: zmq.Socket) -> None:
@@ -71,14 +79,6 @@ class TransportOptions:
         sock.setsockopt(zmq.HEARTBEAT_TTL, self.heartbeat_timeout_ms)
         sock.setsockopt(zmq.RECONNECT_IVL, self.reconnect_ivl_ms)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.reconnect_ivl_max_ms)
-
-
-def key_dir_from_config(config, logdir: str | Path | None = None) -> Path:
-    """``transport.key_dir`` resolved against the logdir when relative."""
-    path = Path(config.transport.key_dir)
-    if not path.is_absolute() and logdir is not None:
-        path = Path(logdir) / path
-    return path
 
 
 class TransportServer:
@@ -110,31 +110,19 @@ class TransportServer:
             self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.options.max_message_bytes)
             if curve:
                 if key_dir is None:
-                    raise keys.KeyFileError(
+                    raise KeyFileError(
                         "CURVE is on but no key directory was given (create one with "
                         "`daydream keys --out DIR` and set transport.key_dir)"
                     )
                 key_dir = Path(key_dir)
-                _, secret = keys.load_keypair(key_dir / f"{keys.SERVER_NAME}.key_secret")
-                self._auth = keys.start_authenticator(self.context, key_dir / keys.ALLOWED_DIR)
-                keys.make_curve_server(self.sock, secret)
+                _, secret = load_keypair(key_dir / f"{SERVER_NAME}.key_secret")
+                self._auth = start_authenticator(self.context, key_dir / ALLOWED_DIR)
+                make_curve_server(self.sock, secret)
             self.sock.bind(bind)
         except BaseException:
             self.close()
             raise
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-    @classmethod
-    def from_config(
-        cls, config, bind: str | None = None, logdir: str | Path | None = None, **kwargs
-    ) -> TransportServer:
-        return cls(
-            bind or config.gateway.bind,
-            curve=bool(config.transport.curve),
-            key_dir=key_dir_from_config(config, logdir),
-            options=TransportOptions.from_config(config),
-            **kwargs,
-        )
 
     def recv(self, timeout_ms: int = 0, max_messages: int = 256) -> list[tuple[bytes, dict]]:
         """Decoded messages ``(peer, msg)`` that arrive within ``timeout_ms`` (at most max)."""
@@ -227,32 +215,17 @@ class TransportClient:
             self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing into a link that is not up
             if curve:
                 if key_file is None or server_key_file is None:
-                    raise keys.KeyFileError(
+                    raise KeyFileError(
                         "CURVE is on: give this robot's NAME.key_secret and the gateway's "
                         "gateway.key (from `daydream keys --out DIR`)"
                     )
-                public, secret = keys.load_keypair(key_file)
-                server_public, _ = keys.load_keypair(server_key_file)
-                keys.make_curve_client(self.sock, public, secret, server_public)
+                public, secret = load_keypair(key_file)
+                server_public, _ = load_keypair(server_key_file)
+                make_curve_client(self.sock, public, secret, server_public)
             self.sock.connect(address)
         except BaseException:
             self.close()
             raise
-
-    @classmethod
-    def from_config(
-        cls, config, address: str, actor_id: str, logdir: str | Path | None = None, **kwargs
-    ) -> TransportClient:
-        key_dir = key_dir_from_config(config, logdir)
-        return cls(
-            address,
-            actor_id,
-            curve=bool(config.transport.curve),
-            key_file=key_dir / f"{config.transport.client_key}.key_secret",
-            server_key_file=key_dir / f"{keys.SERVER_NAME}.key",
-            options=TransportOptions.from_config(config),
-            **kwargs,
-        )
 
     def send(self, msg: dict | bytes | bytearray) -> bool:
         """Queue one message (dict or pre-encoded bytes); False if ZeroMQ would block.

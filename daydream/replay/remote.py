@@ -1,0 +1,118 @@
+"""The replay as a Ray actor: the one module of daydream that imports Ray.
+
+    start_ray(num_cpus=2, object_store_mb=256)          # or start_ray(address="auto")
+    replay = RemoteReplay.start(**replay_options(...))  # a threaded ReplayService actor
+    batch = replay.sample(16, 64, timeout=0.5)          # None while the limiter says no
+    ticket = replay.submit(items)                       # the gateway's pipelined adds
+    replay.done([ticket])                               # -> [(ticket, results or error)]
+    gateway = remote_class(Gateway).remote(replay, ...) # any class as a threaded Ray actor
+
+``RemoteReplay`` has the same synchronous methods as ``ReplayService`` (sample, stats,
+restore_sampled, close), so the learner and the gateway take either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from daydream.replay.service import ReplayService
+
+# A threaded actor: sample() may wait for inserts while add_batch() calls keep being served.
+ReplayActor = ray.remote(max_concurrency=8, num_cpus=0)(ReplayService)
+
+
+def start_ray(address: str | None = None, num_cpus: int = 2, object_store_mb: int = 256) -> None:
+    """Join the Ray cluster at ``address``, or start a local instance of this size."""
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            object_store_memory=object_store_mb << 20,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+
+
+def ray_running() -> bool:
+    return ray.is_initialized()
+
+
+def stop_ray() -> None:
+    ray.shutdown()
+
+
+def remote_class(cls: type, **ray_options: Any):
+    """``cls`` as a threaded Ray actor class (its methods may run beside a running loop)."""
+    return ray.remote(max_concurrency=4, num_cpus=0, **ray_options)(cls)
+
+
+def call(handle, name: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    """Call ``handle.name(*args)`` on a Ray actor and wait for the answer."""
+    return ray.get(getattr(handle, name).remote(*args, **kwargs), timeout=timeout)
+
+
+def kill(handle) -> None:
+    ray.kill(handle)
+
+
+class RemoteReplay:
+    """Owns a handle on the replay's Ray actor, with ReplayService's synchronous methods.
+
+    Picklable (it holds only the handle), so it can be passed to another Ray actor.
+    """
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    @classmethod
+    def start(cls, **options: Any) -> RemoteReplay:
+        """Start the replay actor (it reloads its directory before answering anything)."""
+        return cls(ReplayActor.remote(**options))
+
+    def sample(self, batch_size: int, length: int, timeout: float = 0.0, counted: bool = True):
+        return ray.get(
+            self.handle.sample.remote(batch_size, length, timeout=timeout, counted=counted)
+        )
+
+    def add_batch(self, items: list) -> list:
+        return ray.get(self.handle.add_batch.remote(items))
+
+    def stats(self, timeout: float | None = None) -> dict:
+        return ray.get(self.handle.stats.remote(), timeout=timeout)
+
+    def keys(self) -> list:
+        return ray.get(self.handle.keys.remote())
+
+    def restore_sampled(self, sampled: int) -> None:
+        ray.get(self.handle.restore_sampled.remote(sampled))
+
+    # ------------------------------------------------------------ pipelined adds (gateway)
+    def submit(self, items: list):
+        """Start storing a batch; returns a ticket for :meth:`done`."""
+        return self.handle.add_batch.remote(items)
+
+    def done(
+        self, tickets: list, block: bool = False, timeout: float | None = None
+    ) -> list[tuple[Any, Any]]:
+        """The tickets that have finished (with ``block``: wait up to ``timeout`` s for one),
+        each with its results or the exception the call raised."""
+        if not tickets:
+            return []
+        if block:
+            ready, _ = ray.wait(tickets, num_returns=1, timeout=timeout)
+        else:
+            ready, _ = ray.wait(tickets, num_returns=len(tickets), timeout=0)
+        out = []
+        for ticket in ready:
+            try:
+                out.append((ticket, ray.get(ticket)))
+            except Exception as e:  # noqa: BLE001 - the caller decides (no acks: robots resend)
+                out.append((ticket, e))
+        return out
+
+    def close(self) -> None:
+        ray.kill(self.handle)
