@@ -194,8 +194,16 @@ class RSSM(nn.Module):
 
         with free nats applied to the batch mean. Returns the two balanced parts
         (prior term already scaled by alpha, posterior term by 1 - alpha) and the raw KL (B, T).
+
+        alpha = 0.5 is Dreamer's plain L = max(free, KL(post || prior)), whose gradient reaches
+        prior and posterior in full (the balanced form would give each half of it); DreamerV2
+        special-cases 0.5 the same way. Both parts are then half of that plain loss.
         """
         sg = lambda s: {k: v.detach() for k, v in s.items()}  # noqa: E731
+        if balance == 0.5:
+            plain = self._kl(post, prior)
+            half = 0.5 * torch.clamp(plain.mean(), min=free)
+            return half, half, plain.detach()
         kl_prior = self._kl(sg(post), prior)  # trains the prior
         kl_post = self._kl(post, sg(prior))  # trains the posterior
         prior_part = balance * torch.clamp(kl_prior.mean(), min=free)
