@@ -8,11 +8,14 @@ hand computations or numbers, never the reference code.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from daydream.agent import Agent, frozen
 from daydream.config import load_config
 from daydream.rssm import RSSM
+from robots.base import Space, step_spaces
 from tests.tiny import tiny_model
 
 TINY = tiny_model(units=16, horizon=4)
@@ -56,3 +59,47 @@ def test_kl_balance_one_half_is_the_plain_kl_with_its_full_gradient(latent, free
         torch.testing.assert_close(g, w)
     if free_nats == "below":  # the gradient is not trivially zero
         assert sum(float(w.abs().sum()) for w in want) > 0
+
+
+# ---------------------------------------------------------------------------- imagination
+def _agent(discrete: bool, *overrides: str) -> Agent:
+    config = load_config(None, overrides=[*TINY, *overrides])
+    obs = {"state": Space((3,)), **step_spaces()}
+    act = {"action": Space((2,), np.float32, -1.0, 1.0, discrete=discrete)}
+    return Agent(obs, act, config)
+
+
+def _start(agent: Agent, n: int = 6):
+    start = agent.wm.rssm.initial(n)
+    start["deter"] = torch.randn_like(start["deter"])
+    return start
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_dynamics_actor_gradient_uses_detached_policy_inputs(discrete):
+    # Every reference stops the gradient of the features the policy sees while imagining:
+    # danijar/dreamer Dreamer._imagine_ahead, danijar/dreamerv2 WorldModel.imagine,
+    # danijar/daydreamer ImagActorCritic.train (policy on sg(latent)),
+    # NM512/dreamerv3-torch ImagBehavior._imagine.
+    # The actor still learns through the dynamics: a_i -> s_{i+1} -> reward, value.
+    agent = _agent(discrete, "behavior.actor_grad=dynamics", "behavior.actor_ent=0.0")
+    behavior, rssm, horizon = agent.behavior, agent.wm.rssm, agent.config.behavior.horizon
+    start, actor = _start(agent), list(agent.behavior.actor.parameters())
+    torch.manual_seed(1)
+    with frozen(agent.wm):
+        _, feat, actions = behavior.imagine(agent.wm, start)
+        ret, weight, value = behavior.targets(agent.wm, feat, torch.ones(6))
+        loss, _ = behavior.actor_loss(feat, actions, ret, value, weight)
+    got = torch.autograd.grad(loss, actor)
+
+    torch.manual_seed(1)  # the same samples, drawn in the same order
+    state, states = start, [start]
+    for _ in range(horizon):
+        action = behavior.actor(rssm.feat(state).detach()).rsample()
+        state = rssm.img_step(state, action)
+        states.append(state)
+    feat = torch.stack([rssm.feat(s) for s in states])  # (H+1, N, F)
+    ret, weight, _ = behavior.targets(agent.wm, feat, torch.ones(6))
+    want = torch.autograd.grad(-(weight[:-1] * ret).mean(), actor)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)

@@ -100,10 +100,10 @@ class Behavior(nn.Module):
         rssm = world_model.rssm
 
         def policy(state: State) -> torch.Tensor:
-            feat = rssm.feat(state)
-            if self.actor_grad == "reinforce":
-                feat = feat.detach()
-            dist = self.actor(feat)
+            # The policy sees detached features, as in every reference: in dynamics mode the
+            # actor's gradient reaches it through a_i -> s_{i+1} -> reward and value, never
+            # through d a_{i+1} / d s_{i+1}.
+            dist = self.actor(rssm.feat(state).detach())
             return dist.rsample() if self.actor_grad == "dynamics" else dist.sample().detach()
 
         if self.actor_grad == "reinforce":
