@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from daydream.agent import Agent, frozen
+from daydream.agent import Agent, Optimizer, frozen
 from daydream.config import load_config
+from daydream.nets import MLP
 from daydream.rssm import RSSM
 from robots.base import Space, step_spaces
 from tests.tiny import tiny_model
@@ -103,3 +104,26 @@ def test_dynamics_actor_gradient_uses_detached_policy_inputs(discrete):
     want = torch.autograd.grad(-(weight[:-1] * ret).mean(), actor)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w)
+
+
+# ---------------------------------------------------------------------------- optimiser
+def test_weight_decay_shrinks_weight_matrices_by_wd_per_step_whatever_the_learning_rate():
+    # DreamerV2 (common/tfutils.py Optimizer._apply_weight_decay) and dreamerv3-torch
+    # (tools.py Optimizer._apply_weight_decay) multiply the weights by (1 - wd) before each Adam
+    # step, independent of the learning rate; DayDreamer (dreamerv2plus/tfutils.py
+    # Optimizer._apply_wd) decays only kernels, by 1 - wd * lr = 1 - 1e-2 * 1e-4: the same 1e-6.
+    cfg = load_config(None, overrides=["model.opt.lr=1e-12"]).model.opt
+    assert cfg.wd == 1e-6
+    net = MLP(3, 2, layers=1, units=4)  # Linear (no bias) -> LayerNorm -> ELU -> Linear + bias
+    opt = Optimizer(net.parameters(), cfg)
+    before = {name: p.detach().double().clone() for name, p in net.named_parameters()}
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)  # Adam moves nothing: only the decay acts
+    opt.clip_and_step()
+    for name, p in net.named_parameters():
+        after = p.detach().double()
+        if p.dim() >= 2:  # weight matrices (kernels)
+            shrink = (before[name] - after) / before[name]
+            torch.testing.assert_close(shrink, torch.full_like(shrink, cfg.wd), rtol=0.1, atol=0)
+        else:  # biases and layer-norm parameters are not decayed (DayDreamer's 'kernel' pattern)
+            torch.testing.assert_close(after, before[name], rtol=0, atol=0)

@@ -43,12 +43,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Optimizer:
-    """AdamW with gradient-norm clipping over one group of modules."""
+    """Adam with gradient-norm clipping and decoupled weight decay over one group of modules.
+
+    Weight decay as DreamerV2 (common/tfutils.py) and dreamerv3-torch apply it: before each
+    Adam step every weight matrix and convolution kernel is multiplied by (1 - wd), whatever
+    the learning rate. (torch's AdamW multiplies by 1 - lr * wd: 1e-6 became 1e-10 per step,
+    which float32 rounds away.) DayDreamer decays by 1 - wd * lr with wd = 1e-2, lr = 1e-4:
+    the same 1e-6 per step. As there, biases and layer-norm parameters are not decayed.
+    """
 
     def __init__(self, params, cfg) -> None:
+        if not 0 <= cfg.wd < 1:
+            raise ValueError(
+                f"opt.wd is the fraction the weights shrink per step, in [0, 1); got {cfg.wd}"
+            )
         self.params = [p for p in params if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.wd)
-        self.clip = cfg.clip
+        self.decayed = [p for p in self.params if p.dim() >= 2]  # weight matrices, kernels
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.eps)
+        self.clip, self.wd = cfg.clip, cfg.wd
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -56,6 +68,10 @@ class Optimizer:
     def clip_and_step(self) -> float:
         """Clip this group's gradient norm and step; returns the norm before clipping."""
         norm = nn.utils.clip_grad_norm_(self.params, self.clip)
+        if self.wd:
+            with torch.no_grad():
+                for p in self.decayed:
+                    p.mul_(1 - self.wd)
         self.opt.step()
         return float(norm)
 
