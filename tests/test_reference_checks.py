@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from daydream.agent import Agent, Optimizer, frozen
+from daydream.behavior import Behavior
 from daydream.config import load_config
+from daydream.dists import Bernoulli, OneHotST
 from daydream.nets import MLP
 from daydream.rssm import RSSM
 from robots.base import Space, step_spaces
@@ -40,6 +42,19 @@ def _leaf_states(latent: str, B: int = 3, T: int = 4):
     return rssm, post, prior, [post[p] for p in params] + [prior[p] for p in params]
 
 
+def _categorical_rssm() -> RSSM:
+    cfg = load_config(None, overrides=[*TINY, "model.rssm.stoch=2", "model.rssm.classes=3"])
+    return RSSM(embed=8, action=2, cfg=cfg.model.rssm)
+
+
+# Posterior and prior of two steps, S = 2 variables of K = 3 classes, as log-probabilities.
+POST = torch.log_softmax(torch.tensor(
+    [[[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]], [[0.3, 0.2, 0.1], [-1.0, 0.0, 1.0]]]), -1)
+PRIOR = torch.log_softmax(torch.tensor(
+    [[[0.0, 0.0, 0.0], [1.0, 0.0, -1.0]], [[0.3, 0.0, 0.1], [0.0, 0.0, 2.0]]]), -1)
+KL_STEPS = [1.0082500, 0.0810004]  # KL(post || prior) per step (torch.distributions)
+
+
 # ---------------------------------------------------------------------------- KL at balance 0.5
 @pytest.mark.parametrize("latent", ["categorical", "gaussian"])
 @pytest.mark.parametrize("free_nats", ["below", "above"])
@@ -60,6 +75,48 @@ def test_kl_balance_one_half_is_the_plain_kl_with_its_full_gradient(latent, free
         torch.testing.assert_close(g, w)
     if free_nats == "below":  # the gradient is not trivially zero
         assert sum(float(w.abs().sum()) for w in want) > 0
+
+
+# ---------------------------------------------------------------------------- KL at balance 0.8
+def test_kl_balance_value_and_free_nats_on_the_batch_mean():
+    # DreamerV2 common/nets.py EnsembleRSSM.kl_loss (forward=False, free_avg=True):
+    # (1 - a) max(mean KL(post || sg prior), free) + a max(mean KL(sg post || prior), free).
+    # dreamerv3-torch networks.py RSSM.kl_loss clips each step instead, mean(max(KL, free)):
+    # 0.6541250 for these two steps and free = 0.3, against 0.5446252 on the batch mean.
+    rssm = _categorical_rssm()
+    post = {"logits": POST.clone().requires_grad_()}
+    prior = {"logits": PRIOR.clone().requires_grad_()}
+    mean_kl = sum(KL_STEPS) / 2  # 0.5446252
+    prior_part, post_part, kl = rssm.kl_loss(post, prior, balance=0.8, free=0.0)
+    torch.testing.assert_close(kl, torch.tensor(KL_STEPS))
+    assert prior_part.item() == pytest.approx(0.8 * mean_kl, rel=1e-6)
+    assert post_part.item() == pytest.approx(0.2 * mean_kl, rel=1e-6)
+    # Free nats on the batch mean: 0.3 < mean KL, so the loss is the mean KL although the
+    # second step (0.081) is below 0.3.
+    prior_part, post_part, _ = rssm.kl_loss(post, prior, balance=0.8, free=0.3)
+    assert (prior_part + post_part).item() == pytest.approx(mean_kl, rel=1e-6)
+    prior_part, post_part, _ = rssm.kl_loss(post, prior, balance=0.8, free=0.6)
+    assert (prior_part + post_part).item() == pytest.approx(0.6, rel=1e-6)
+    assert not (prior_part + post_part).requires_grad or all(
+        g is None or not g.any()
+        for g in torch.autograd.grad(
+            prior_part + post_part, [post["logits"], prior["logits"]], allow_unused=True
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- categoricals
+def test_unimix_and_straight_through_gradient_match_the_reference_numbers():
+    # dreamerv3-torch tools.py OneHotDist(logits, unimix_ratio=0.01): probs and the gradient
+    # of sum(sample * w) w.r.t. the logits (straight-through: the gradient of sum(probs * w)).
+    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, -3.0]]], requires_grad=True)
+    dist = OneHotST(logits, unimix=0.01)
+    torch.testing.assert_close(dist.probs.detach(), torch.tensor(
+        [[[0.8386902, 0.1163866, 0.0449233], [0.4909707, 0.4909707, 0.0180587]]]))
+    w = torch.tensor([[[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0]]])
+    (dist.sample() * w).sum().backward()
+    torch.testing.assert_close(logits.grad, torch.tensor(
+        [[[-0.1655805, 0.0906444, 0.0749362], [-0.3820477, 0.3494084, 0.0326393]]]))
 
 
 # ---------------------------------------------------------------------------- imagination
@@ -127,3 +184,55 @@ def test_weight_decay_shrinks_weight_matrices_by_wd_per_step_whatever_the_learni
             torch.testing.assert_close(shrink, torch.full_like(shrink, cfg.wd), rtol=0.1, atol=0)
         else:  # biases and layer-norm parameters are not decayed (DayDreamer's 'kernel' pattern)
             torch.testing.assert_close(after, before[name], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------- returns and weights
+# One imagined rollout, H = 3 steps, N = 2 trajectories, index i = 0..H (s_0: a start state).
+REWARD = [[0.0, 0.0], [1.0, -0.5], [0.5, 2.0], [-1.0, 1.0]]  # r(s_i), r(s_0) unused
+VALUE = [[3.0, 1.0], [2.0, -1.0], [4.0, 0.5], [1.5, 2.5]]  # slow critic v(s_i)
+CONT = [[1.0, 1.0], [0.9, 1.0], [1.0, 0.2], [0.8, 1.0]]  # c(s_i); c(s_0) = 1 - is_terminal
+
+
+class _Table(torch.nn.Module):
+    """A head that reads its output off a table by (step, trajectory) stored in the features."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.tensor(table)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.table[feat[..., 0].long(), feat[..., 1].long()][..., None]
+
+
+class _TableModel:
+    reward_head, cont_probs = _Table(REWARD), _Table(CONT)
+
+    def reward(self, feat):
+        return self.reward_head(feat).squeeze(-1)
+
+    def cont(self, feat):
+        p = self.cont_probs(feat).squeeze(-1)
+        return Bernoulli(torch.log(p) - torch.log1p(-p.clamp(max=1 - 1e-7)))
+
+
+def _table_rollout(gamma: float = 0.99, lam: float = 0.95):
+    cfg = load_config(None, overrides=[
+        *TINY, f"behavior.discount={gamma}", f"behavior.return_lambda={lam}"]).behavior
+    behavior = Behavior(2, 2, False, cfg, "elu", "layer")
+    behavior.slow_critic = _Table(VALUE)
+    steps, trajs = torch.meshgrid(torch.arange(4.0), torch.arange(2.0), indexing="ij")
+    feat = torch.stack([steps, trajs], -1)  # (H+1, N, 2)
+    start_cont = torch.tensor(CONT[0])
+    return behavior, feat, behavior.targets(_TableModel(), feat, start_cont)
+
+
+def test_lambda_returns_follow_the_reference_index_convention():
+    # R_i = r_{i+1} + gamma c_{i+1} ((1 - lambda) v_{i+1} + lambda R_{i+1}), R_H = v_H:
+    # dreamerv3-torch models.py ImagBehavior._compute_target (lambda_return(reward[1:], value[:-1],
+    # discount[1:], bootstrap=value[-1])) gives these numbers; danijar/daydreamer VFunction.target
+    # ('gve') is the same recursion. E.g. R_2 of trajectory 1 = 1.0 + 0.99 * 1.0 * 2.5 = 3.475.
+    _, _, (ret, _, value) = _table_rollout()
+    torch.testing.assert_close(ret, torch.tensor(
+        [[1.829586, 1.950911], [0.874814, 2.658597], [0.188000, 3.475000]]))
+    torch.testing.assert_close(value, torch.tensor(VALUE))
+
