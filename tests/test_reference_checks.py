@@ -236,3 +236,11 @@ def test_lambda_returns_follow_the_reference_index_convention():
         [[1.829586, 1.950911], [0.874814, 2.658597], [0.188000, 3.475000]]))
     torch.testing.assert_close(value, torch.tensor(VALUE))
 
+
+def test_trajectory_weight_is_the_cumulative_discount():
+    # weight_i = gamma^i prod_{j <= i} c_j, c_0 from the data's is_terminal: danijar/daydreamer
+    # WorldModel.imagine (cumprod(discount * cont) / discount). DreamerV2, Dreamer and
+    # dreamerv3-torch also weight step i by gamma^i (their cumprod of gamma * cont).
+    _, _, (_, weight, _) = _table_rollout()
+    torch.testing.assert_close(weight, torch.tensor(
+        [[1.0, 1.0], [0.891, 0.99], [0.88209, 0.19602], [0.698615, 0.19406]]))

@@ -7,7 +7,8 @@ the world model's prior. Time indexing inside the imagined trajectory:
     state      s_0    s_1    s_2  ...   s_H      (s_0: a posterior state from data)
     action     a_0    a_1    a_2  ...  (a_H unused)
     reward            r_1    r_2  ...   r_H      r_i = reward_head(s_i): reward for arriving in s_i
-    cont              c_1    c_2  ...   c_H      c_i = P(s_i is not terminal)
+    cont       c_0    c_1    c_2  ...   c_H      c_i = P(s_i is not terminal); c_0 = 1 - is_terminal
+    weight     w_0    w_1    w_2  ...   w_H      w_i = gamma^i c_0 c_1 ... c_i (losses at s_i)
 
 lambda-return (Dreamer eq. 6, in recursive form as in DreamerV2/V3):
 
@@ -122,9 +123,11 @@ class Behavior(nn.Module):
         discount = cfg.discount * cont  # (H, N)
         value = self.slow_critic(feat).squeeze(-1)  # (H+1, N)
         ret = lambda_return(reward, value, discount, cfg.return_lambda)  # (H, N)
-        # Weight of step i: probability that the imagined trajectory is still alive at s_i.
+        # Weight of step i, the cumulative discount gamma^i prod_{j<=i} c_j (c_0 from the data):
+        # the probability that the trajectory is still alive at s_i, discounted as the return
+        # is (DayDreamer: cumprod(discount * cont) / discount; DreamerV2 and Dreamer alike).
         alive = torch.cat([start_cont[None], cont], 0)  # (H+1, N)
-        weight = torch.cumprod(alive, 0).detach()
+        weight = (torch.cumprod(cfg.discount * alive, 0) / cfg.discount).detach()
         return ret, weight, value
 
     def actor_loss(
