@@ -215,10 +215,10 @@ class _TableModel:
         return Bernoulli(torch.log(p) - torch.log1p(-p.clamp(max=1 - 1e-7)))
 
 
-def _table_rollout(gamma: float = 0.99, lam: float = 0.95):
+def _table_rollout(discrete: bool = False, *overrides: str):
     cfg = load_config(None, overrides=[
-        *TINY, f"behavior.discount={gamma}", f"behavior.return_lambda={lam}"]).behavior
-    behavior = Behavior(2, 2, False, cfg, "elu", "layer")
+        *TINY, "behavior.discount=0.99", "behavior.return_lambda=0.95", *overrides]).behavior
+    behavior = Behavior(2, 2, discrete, cfg, "elu", "layer")
     behavior.slow_critic = _Table(VALUE)
     steps, trajs = torch.meshgrid(torch.arange(4.0), torch.arange(2.0), indexing="ij")
     feat = torch.stack([steps, trajs], -1)  # (H+1, N, 2)
@@ -244,3 +244,48 @@ def test_trajectory_weight_is_the_cumulative_discount():
     _, _, (_, weight, _) = _table_rollout()
     torch.testing.assert_close(weight, torch.tensor(
         [[1.0, 1.0], [0.891, 0.99], [0.88209, 0.19602], [0.698615, 0.19406]]))
+
+
+def test_critic_regresses_to_the_returns_weighted_by_the_cumulative_discount():
+    # DreamerV2 agent.py ActorCritic.critic_loss: -(log N(R_i; v(s_i), 1) * w_i)[:-1].mean(),
+    # i.e. 0.5 (v - R)^2 up to a constant; DayDreamer VFunction.train the same (symlog dist).
+    behavior, feat, (ret, weight, _) = _table_rollout()
+    behavior.critic = _Table([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [0.0, 0.0]])
+    loss, _ = behavior.critic_loss(feat, ret, weight)
+    v = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+    want = (weight[:-1] * 0.5 * (v - ret) ** 2).sum() / 6
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_slow_critic_moves_toward_the_critic_every_update_every_calls():
+    # DreamerV2 ActorCritic.update_slow_target: every slow_target_update updates,
+    # slow = fraction * critic + (1 - fraction) * slow (DayDreamer VFunction.update_slow alike).
+    cfg = load_config(None, overrides=[
+        *TINY, "behavior.slow_critic.update_every=2", "behavior.slow_critic.fraction=0.5"])
+    behavior = Behavior(4, 2, False, cfg.behavior, "elu", "layer")
+    with torch.no_grad():
+        for p in behavior.critic.parameters():
+            p.fill_(1.0)
+        for p in behavior.slow_critic.parameters():
+            p.fill_(0.0)
+    seen = []
+    for _ in range(3):
+        behavior.update_slow_critic()
+        seen.append(float(next(behavior.slow_critic.parameters()).flatten()[0]))
+    assert seen == [0.5, 0.5, 0.75]
+
+
+def test_reinforce_advantage_takes_the_slow_critic_as_baseline():
+    # DreamerV2 ActorCritic.actor_loss: baseline = self._target_critic (the slow critic),
+    # objective = log pi(a_i | s_i) sg(R_i - v_slow(s_i)) + eta H[pi(. | s_i)], weighted by w_i;
+    # DayDreamer VFunction.score: baseline from target_net, the same. (dreamerv3-torch takes the
+    # baseline from its fast critic.)
+    behavior, feat, (ret, weight, value) = _table_rollout(
+        True, "behavior.actor_grad=reinforce", "behavior.actor_ent=0.01")
+    actions = torch.nn.functional.one_hot(torch.tensor([[0, 1], [1, 1], [0, 0], [1, 0]]), 2)
+    loss, _ = behavior.actor_loss(feat, actions.float(), ret, value, weight)
+    dist = behavior.actor(feat[:-1])
+    advantage = ret - torch.tensor(VALUE[:-1])  # the slow critic's values
+    objective = dist.log_prob(actions[:-1].float()) * advantage + 0.01 * dist.entropy()
+    want = -(weight[:-1] * objective).mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
