@@ -244,7 +244,8 @@ def hostile_messages() -> list[tuple[str, bytes]]:
         deep = [deep]
     cases.append(("malformed", forged(v=v, type="heartbeat", actor="a", extra=deep)))
     cases.append(("malformed", b"\x91" * 100_000))  # not a message at all
-    cases.append(("malformed", framed(b"\x91" * 100_000)))  # 100,000 nested arrays
+    cases.append(("malformed", framed(b"\x91" * 10_000)))  # 10,000 nested arrays
+    cases.append(("oversized", framed(b"\x91" * 100_000)))  # a header beyond any type's budget
     return cases
 
 

@@ -23,12 +23,25 @@ dtypes are refused at both ends. Nothing is ever pickled. ``decode`` raises
 :class:`CodecError` with a short ``reason`` code the receiver counts before it goes on:
 
     malformed     no magic, truncated, bad array header/length, extra bytes, invalid
-                  UTF-8, too deep
-    oversized     the message (or an array) is larger than the limit
+                  UTF-8, too deep, two ``type`` fields
+    oversized     the message (or an array) is larger than the limit, or the header, or one
+                  string, list, map or array description in it, is larger than its type's
+                  limit (``MESSAGE_LIMITS``)
     wrong_schema  not a map, no/other schema version (a schema-1 message: plain msgpack)
     unknown_type  ``type`` is not one this version knows
     bad_field     a required field is missing or of the wrong kind
     bad_dtype     an array dtype outside ALLOWED_DTYPES
+
+The header is bounded BEFORE it is unpacked, so a hostile peer cannot make ``decode`` build
+millions of objects (one 60 MiB heartbeat holding a list of 60 million empty maps once took
+a learner from 0.5 to 4.7 GB for 55 s). The header length field is checked first against
+``MAX_HEADER_BYTES``; a cheap peek (msgpack's ``skip``, which builds no objects) reads the
+``type``; then the header must fit that type's budget and the whole message its type's
+total (``MESSAGE_LIMITS``), and it is unpacked with msgpack's per-container limits
+(``MAX_CONTAINER_LEN``, ``MAX_STR_BYTES``, ``MAX_EXT_BYTES``). A chunk's or weights'
+arrays are raw sections after the header, so their headers are small too; only their
+total size is the caller's ``max_bytes``. A header of unknown or missing type gets the
+smallest budget. ``encode`` applies the same limits, so a sender learns of them first.
 
 ``upgrade_v1`` re-encodes a schema-1 message (an actor's outbox may hold some from before
 an upgrade) in this schema, with the same checks as ``decode``.
@@ -36,6 +49,7 @@ an upgrade) in this schema, with the same checks as ``decode``.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 
@@ -50,6 +64,22 @@ ALIGN = 64  # array sections start at multiples of this (from the start of the m
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_NDIM = 8
 MAX_DEPTH = 8
+
+# Header budgets (bytes of msgpack between the prefix and the first array), checked before
+# the header is unpacked. Every header object costs at least one byte, so a budget bounds
+# what unpacking may build: at most ~90 bytes of Python objects per header byte.
+# Measured headers: a 32-step UR5 chunk (10 keys) 351 B, the policy weights of the largest
+# config (50 tensors, 35 MB of arrays) 2,249 B, a heartbeat with 64 episodes ~1 kB.
+SMALL_HEADER_BYTES = 16 * 1024  # hello, heartbeat, ack, ...: kilobytes (an ack of ~1,500 seqs)
+CHUNK_HEADER_BYTES = 16 * 1024  # ~400 keys
+WEIGHTS_HEADER_BYTES = 64 * 1024  # ~1,400 tensors
+MAX_HEADER_BYTES = max(SMALL_HEADER_BYTES, CHUNK_HEADER_BYTES, WEIGHTS_HEADER_BYTES)
+SMALL_MESSAGE_BYTES = 64 * 1024  # whole message of a type that carries no array payload
+# Inside a header: longest list or map (an ack's seqs, weights' tensors), str or bin (an
+# actor id or a reason: 256 characters), array description (type byte, dtype, shape).
+MAX_CONTAINER_LEN = 4096
+MAX_STR_BYTES = 4096
+MAX_EXT_BYTES = 1 + 1 + 16 + 1 + 8 * MAX_NDIM
 
 ALLOWED_DTYPES = frozenset(
     np.dtype(t).str
@@ -105,6 +135,19 @@ MESSAGE_FIELDS: dict[str, dict[str, Callable]] = {
     "error": {"reason": _is_str},  # gateway -> client: your message was rejected
 }
 
+# Per message type: (largest header, largest whole message; None: the caller's max_bytes).
+MESSAGE_LIMITS: dict[str, tuple[int, int | None]] = {
+    kind: (SMALL_HEADER_BYTES, SMALL_MESSAGE_BYTES) for kind in MESSAGE_FIELDS
+} | {"chunk": (CHUNK_HEADER_BYTES, None), "weights": (WEIGHTS_HEADER_BYTES, None)}
+_UNKNOWN_TYPE_LIMITS = (SMALL_HEADER_BYTES, SMALL_MESSAGE_BYTES)
+
+
+def _limits(kind: object, max_bytes: int) -> tuple[int, int]:
+    """(header budget, message budget) of a message of type ``kind``."""
+    known = isinstance(kind, str) and kind in MESSAGE_LIMITS
+    header, total = MESSAGE_LIMITS[kind] if known else _UNKNOWN_TYPE_LIMITS
+    return header, max_bytes if total is None else min(total, max_bytes)
+
 
 class CodecError(ValueError):
     """A message that cannot be encoded or decoded; ``reason`` is one of REASONS."""
@@ -155,7 +198,14 @@ def encode(msg: dict, max_bytes: int = DEFAULT_MAX_BYTES) -> bytearray:
         raise CodecError("bad_field", f"cannot encode {type(obj).__name__} (only numbers, "
                          f"str, bytes, lists, dicts and numeric numpy arrays travel)")  # fmt: skip
 
-    header = msgpack.packb({"v": SCHEMA_VERSION, **msg}, default=default, use_bin_type=True)
+    header = msgpack.packb(
+        {"v": SCHEMA_VERSION, "type": msg["type"], **msg}, default=default, use_bin_type=True
+    )
+    header_limit, max_bytes = _limits(msg["type"], max_bytes)
+    if len(header) > header_limit:
+        raise CodecError("oversized", f"{msg['type']} header of {len(header)} bytes exceeds "
+                         f"{header_limit} (codec.MESSAGE_LIMITS); send fewer or shorter "
+                         f"fields, keys or tensors")  # fmt: skip
     pos = PREFIX.size + len(header)
     offsets = []
     for arr in arrays:
@@ -163,8 +213,8 @@ def encode(msg: dict, max_bytes: int = DEFAULT_MAX_BYTES) -> bytearray:
         offsets.append(pos)
         pos += arr.nbytes
     if pos > max_bytes:
-        raise CodecError("oversized", f"message of {pos} bytes exceeds {max_bytes}; "
-                         f"send smaller chunks (replay.chunk_length)")  # fmt: skip
+        raise CodecError("oversized", f"{msg['type']} message of {pos} bytes exceeds "
+                         f"{max_bytes}; send smaller chunks (replay.chunk_length)")  # fmt: skip
     out = bytearray(pos)
     PREFIX.pack_into(out, 0, MAGIC, len(header))
     out[PREFIX.size : PREFIX.size + len(header)] = header
@@ -241,15 +291,48 @@ def _depth_ok(obj, depth: int = 0) -> bool:
     return True
 
 
-def _unpack(data, ext_hook) -> object:
+_UNPACK_LIMITS = {
+    "max_str_len": MAX_STR_BYTES,
+    "max_bin_len": MAX_STR_BYTES,
+    "max_array_len": MAX_CONTAINER_LEN,
+    "max_map_len": MAX_CONTAINER_LEN,
+    "max_ext_len": MAX_EXT_BYTES,  # msgpack counts the ext type byte too
+}
+_OVER_LIMIT = re.compile(r"exceeds max_(str|bin|array|map|ext)_len")
+
+
+def _unpack_error(e: Exception) -> CodecError:
+    """The CodecError for what msgpack raised (it raises a zoo of types on bad input)."""
+    text = f"{type(e).__name__}: {e}"[:200]
+    return CodecError("oversized" if _OVER_LIMIT.search(str(e)) else "malformed", text)
+
+
+def _unpack(data, ext_hook, limits: dict | None = None) -> object:
     try:
         return msgpack.unpackb(
-            data, raw=False, use_list=True, strict_map_key=True, ext_hook=ext_hook
-        )
+            data, raw=False, use_list=True, strict_map_key=True, ext_hook=ext_hook,
+            **(limits or {}),
+        )  # fmt: skip
     except CodecError:
         raise
-    except Exception as e:  # msgpack raises a zoo of types on bad input
-        raise CodecError("malformed", f"{type(e).__name__}: {e}"[:200]) from None
+    except Exception as e:
+        raise _unpack_error(e) from None
+
+
+def _peek_type(header: memoryview) -> object:
+    """The value of the header's first ``type`` field, found without building the other
+    values (msgpack's skip); None if the header is not a map or has none."""
+    size = max(1, len(header))  # the buffer it allocates (0 would mean no limit)
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=size, **_UNPACK_LIMITS)
+    try:
+        unpacker.feed(header)
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == "type":
+                return unpacker.unpack()
+            unpacker.skip()
+    except Exception:  # anything wrong is reported by the full unpack
+        return None
+    return None
 
 
 def _check(msg: object, version: int = SCHEMA_VERSION) -> dict:
@@ -294,12 +377,24 @@ def decode(data, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     end = PREFIX.size + header_len
     if end > size:
         raise CodecError("malformed", f"header of {header_len} bytes runs past the end")
+    if header_len > MAX_HEADER_BYTES:
+        raise CodecError("oversized", f"header of {header_len} bytes > {MAX_HEADER_BYTES}")
+    header = view[PREFIX.size : end]
+    kind = _peek_type(header)
+    header_limit, message_limit = _limits(kind, max_bytes)
+    if header_len > header_limit or size > message_limit:
+        raise CodecError("oversized", f"{str(kind)[:20]!r} message of {size} bytes (header "
+                         f"{header_len}) > limits {message_limit} ({header_limit})")  # fmt: skip
     sections = _Sections(view, end)
-    msg = _unpack(view[PREFIX.size : end], sections)
+    msg = _unpack(header, sections, _UNPACK_LIMITS)
     if sections.pos != size:
         raise CodecError(
             "malformed", f"{size - sections.pos} bytes after the last array (truncated header?)"
         )
+    if isinstance(kind, str) and isinstance(msg, dict):
+        final = msg.get("type")
+        if not (isinstance(final, str) and final == kind):  # limits were chosen for ``kind``
+            raise CodecError("malformed", "two type fields")
     return _check(msg)
 
 
