@@ -1,5 +1,5 @@
-"""Robust against its own robots: memory bombs from an allowed key are refused before the
-header is unpacked."""
+"""Robust against its own robots: memory bombs from an allowed key, chunk values that are
+not plausible."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 import pytest
 
 from daydream import codec
-from daydream.codec import MAGIC, CodecError, decode, encode
+from daydream.codec import MAGIC, CodecError, check_chunk_values, decode, encode
 
 # ---------------------------------------------------------------- memory bombs
 
@@ -217,3 +218,96 @@ def test_chunks_weights_and_every_message_type_still_round_trip():
                     np.testing.assert_array_equal(out[key][k], arr)
             else:
                 assert out[key] == value, (msg["type"], key)
+
+
+# ---------------------------------------------------------------- chunk values
+
+
+@dataclass(frozen=True)
+class Space:  # the attributes check_chunk_values reads, as robots.base.Space has them
+    shape: tuple[int, ...]
+    dtype: np.dtype = np.dtype(np.float32)
+    low: float | np.ndarray | None = None
+    high: float | np.ndarray | None = None
+    discrete: bool = False
+
+
+T = 32
+SPACES = {
+    "image": Space((64, 64, 3), np.dtype(np.uint8)),
+    "joints": Space((3,), low=np.array([-0.8, -1.05, -2.7]), high=np.array([0.8, 4.19, -0.92])),
+    "reward": Space(()),
+    "is_first": Space((), np.dtype(bool)),
+    "is_last": Space((), np.dtype(bool)),
+    "is_terminal": Space((), np.dtype(bool)),
+    "action": Space((3,), low=np.array([-1.0, -0.1, 0.0]), high=np.array([1.0, 0.1, 0.5])),
+    "intervention": Space(()),
+}
+
+
+def clean_chunk() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    chunk = {k: np.zeros((T, *s.shape), s.dtype) for k, s in SPACES.items()}
+    chunk["image"] = rng.integers(0, 255, chunk["image"].shape, dtype=np.uint8)
+    chunk["joints"][:] = 5.0  # observations may leave their declared bounds (sensor noise)
+    chunk["reward"] = rng.standard_normal(T).astype(np.float32)
+    chunk["is_first"][0] = True
+    chunk["intervention"][5:9] = 1.0
+    low, high = SPACES["action"].low, SPACES["action"].high
+    chunk["action"] = rng.uniform(low, high, (T, 3)).astype(np.float32)
+    chunk["action"][3] = np.clip(np.float32(high) + 1, low, high).astype(np.float32)  # clamped
+    return chunk
+
+
+def test_a_clean_chunk_passes_the_value_checks_quickly():
+    chunk = clean_chunk()
+    assert chunk["action"][3, 1] > SPACES["action"].high[1]  # float32 rounding of the clamp
+    assert check_chunk_values(chunk, SPACES) == ""
+    t0 = time.perf_counter()
+    for _ in range(100):
+        check_chunk_values(chunk, SPACES)
+    assert (time.perf_counter() - t0) / 100 < 0.005  # seconds; ~0.1 ms here
+
+
+@pytest.mark.parametrize(
+    "key, step, value, reason",
+    [
+        ("reward", 4, np.nan, "non_finite"),
+        ("joints", 7, np.inf, "non_finite"),
+        ("action", 2, -np.inf, "non_finite"),
+        ("intervention", 1, 0.5, "not_boolean"),
+        ("action", 9, [1.01, 0.0, 0.0], "out_of_bounds"),
+        ("action", 9, [0.0, -0.1001, 0.0], "out_of_bounds"),
+        ("action", 30, [0.0, 0.0, -0.001], "out_of_bounds"),
+    ],
+)
+def test_implausible_values_are_refused_with_their_reason(key, step, value, reason):
+    chunk = clean_chunk()
+    chunk[key][step] = value
+    problem = check_chunk_values(chunk, SPACES)
+    assert problem.split(":")[0] == reason and key in problem, problem
+    assert reason in codec.VALUE_REASONS
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.uint8])
+@pytest.mark.parametrize("key", ["is_first", "is_last", "is_terminal"])
+def test_episode_flags_of_any_dtype_must_be_zero_or_one(key, dtype):
+    spaces = {**SPACES, key: Space((), np.dtype(dtype))}
+    chunk = clean_chunk()
+    chunk[key] = chunk[key].astype(dtype)
+    assert check_chunk_values(chunk, spaces) == ""
+    chunk[key][3] = 2
+    assert check_chunk_values(chunk, spaces).startswith(f"not_boolean: {key}")
+
+
+def test_a_discrete_action_must_be_exactly_one_hot_except_where_nothing_was_executed():
+    spaces = {**SPACES, "action": Space((4,), discrete=True)}
+    chunk = clean_chunk()
+    chunk["action"] = np.eye(4, dtype=np.float32)[np.arange(T) % 4]
+    chunk["is_last"][-1] = True
+    chunk["action"][-1] = 0.0  # the actor stores zeros on the last step: nothing executed
+    assert check_chunk_values(chunk, spaces) == ""
+    for bad in ([1, 1, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0, 0], [2, 0, 0, -1], [0, 0.999, 0, 0]):
+        chunk2 = {**chunk, "action": chunk["action"].copy()}
+        chunk2["action"][6] = bad
+        assert check_chunk_values(chunk2, spaces) == "bad_one_hot: action at step 6 is not one-hot"

@@ -43,6 +43,15 @@ arrays are raw sections after the header, so their headers are small too; only t
 total size is the caller's ``max_bytes``. A header of unknown or missing type gets the
 smallest budget. ``encode`` applies the same limits, so a sender learns of them first.
 
+``check_chunk_values`` checks the values of a decoded chunk against the step spaces (the
+gateway refuses the chunk with its answer). It returns ``''`` or ``"<reason>: <detail>"``,
+the reason one of ``VALUE_REASONS``:
+
+    non_finite     NaN or infinity in a float array
+    not_boolean    ``is_first``, ``is_last``, ``is_terminal`` or ``intervention`` not 0/1
+    out_of_bounds  an action outside its space's [low, high] (beyond ``BOUND_TOLERANCE``)
+    bad_one_hot    a discrete action that is not exactly one-hot
+
 ``upgrade_v1`` re-encodes a schema-1 message (an actor's outbox may hold some from before
 an upgrade) in this schema, with the same checks as ``decode``.
 """
@@ -51,7 +60,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgpack
 import numpy as np
@@ -100,6 +109,13 @@ ALLOWED_DTYPES = frozenset(
 )
 
 REASONS = ("malformed", "oversized", "wrong_schema", "unknown_type", "bad_field", "bad_dtype")
+VALUE_REASONS = ("non_finite", "not_boolean", "out_of_bounds", "bad_one_hot")
+
+BOOLEAN_KEYS = ("is_first", "is_last", "is_terminal", "intervention")  # 0/1 in any dtype
+ACTION_KEYS = ("action",)  # checked against their space's bounds (or one-hot if discrete)
+# Slack on an action's bounds, relative to the bound (absolute near 0): a limit clamped in
+# float64 and stored as float32 may land a rounding step (~6e-8 relative) outside it.
+BOUND_TOLERANCE = 1e-5
 
 _MSGPACK_MAP_FIRST = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 
@@ -396,6 +412,58 @@ def decode(data, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
         if not (isinstance(final, str) and final == kind):  # limits were chosen for ``kind``
             raise CodecError("malformed", "two type fields")
     return _check(msg)
+
+
+# ---------------------------------------------------------------- chunk values
+
+
+def check_chunk_values(data: Mapping[str, np.ndarray], spaces: Mapping) -> str:
+    """``''`` if the values of a chunk (arrays shaped (T, ...)) are plausible, otherwise
+    ``"<reason>: <detail>"`` with the reason one of VALUE_REASONS (see the module docstring).
+
+    ``spaces`` maps a key to its space (``.dtype .shape .low .high .discrete``, as
+    ``robots.base.Space``); keys, dtypes and shapes are checked before this. On a step with
+    ``is_last`` the actor stores an all-zero action (none was executed there), so an
+    all-zero action is accepted on those steps. Integer arrays (images) are not scanned.
+    """
+    for key, arr in data.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            count = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+            return f"non_finite: {key} has {count} NaN or infinite values"
+    for key in BOOLEAN_KEYS:
+        arr = data.get(key)
+        if arr is not None and arr.dtype != bool and not ((arr == 0) | (arr == 1)).all():
+            return f"not_boolean: {key} has values other than 0 and 1"
+    unexecuted = np.asarray(data["is_last"], bool) if "is_last" in data else None
+    for key, space in spaces.items():
+        discrete = bool(getattr(space, "discrete", False))
+        if key not in data or not (key in ACTION_KEYS or discrete):
+            continue
+        steps = np.asarray(data[key]).reshape(len(data[key]), -1)  # (T, N)
+        if discrete:
+            bad = ~(((steps == 0) | (steps == 1)).all(1) & (steps.sum(1) == 1))
+        else:
+            bad = _out_of_bounds(steps, space, data[key].shape[1:])
+        if unexecuted is not None and unexecuted.shape == bad.shape:
+            bad &= ~(unexecuted & (steps == 0).all(1))
+        if bad.any():
+            step = int(np.argmax(bad))
+            if discrete:
+                return f"bad_one_hot: {key} at step {step} is not one-hot"
+            return f"out_of_bounds: {key} at step {step} is outside [low, high]"
+    return ""
+
+
+def _out_of_bounds(steps: np.ndarray, space, shape: tuple[int, ...]) -> np.ndarray:
+    """(T,) True where a step of ``steps`` (T, N) lies outside the space's bounds."""
+    bad = np.zeros(len(steps), bool)
+    for bound, sign in ((space.low, -1.0), (space.high, 1.0)):
+        if bound is None:
+            continue
+        limit = np.broadcast_to(np.asarray(bound, np.float64), shape).reshape(-1)
+        limit = limit + sign * BOUND_TOLERANCE * np.maximum(1.0, np.abs(limit))
+        bad |= ((steps < limit) if sign < 0 else (steps > limit)).any(1)
+    return bad
 
 
 # ---------------------------------------------------------------- schema 1
