@@ -1,10 +1,12 @@
-"""Robust against its own robots: memory bombs from an allowed key, chunk values that are
-not plausible."""
+"""Robust against its own robots and its own disk: memory bombs from an allowed key, chunk
+values that are not plausible, chunk files that lost records at a record boundary."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -16,8 +18,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from daydream import codec
-from daydream.codec import MAGIC, CodecError, check_chunk_values, decode, encode
+from daydream.replay.store import Replay
+from daydream.wire import codec
+from daydream.wire.codec import MAGIC, CodecError, check_chunk_values, decode, encode
 
 # ---------------------------------------------------------------- memory bombs
 
@@ -311,3 +314,80 @@ def test_a_discrete_action_must_be_exactly_one_hot_except_where_nothing_was_exec
         chunk2 = {**chunk, "action": chunk["action"].copy()}
         chunk2["action"][6] = bad
         assert check_chunk_values(chunk2, spaces) == "bad_one_hot: action at step 6 is not one-hot"
+
+
+# ---------------------------------------------------------------- replay files
+
+
+def make_chunk(seq: int) -> dict[str, np.ndarray]:
+    return {"step": np.arange(4, dtype=np.int64) + 10 * seq, "image": np.zeros((4, 4, 4, 3),
+            np.uint8), "is_first": np.zeros(4, bool)}  # fmt: skip
+
+
+def record_starts(data: bytes) -> list[int]:
+    return [m.start() for m in re.finditer(b"DDCHUNK1", data)]
+
+
+def batch_file(tmp_path, seqs) -> tuple:
+    replay = Replay(capacity=1000, directory=tmp_path)
+    replay.add_batch([("a", s, make_chunk(s)) for s in seqs])
+    (path,) = tmp_path.glob("*.chunk")
+    return path, path.read_bytes()
+
+
+def test_a_file_cut_at_a_record_boundary_is_reported_and_its_records_kept(tmp_path, caplog):
+    path, data = batch_file(tmp_path, range(3))
+    path.write_bytes(data[: record_starts(data)[2]])  # the third record is gone, cleanly
+    with caplog.at_level(logging.WARNING, logger="daydream.replay.store"):
+        again = Replay(capacity=1000, directory=tmp_path)
+    assert sorted(again.keys()) == [("a", 0), ("a", 1)]
+    (message,) = again.warnings
+    assert str(path) in message and "holds 2 records, its header expected 3" in message
+    assert message in caplog.text
+    assert again.stats()["incomplete"] == 1 and again.stats()["corrupt"] == 0
+
+
+def test_a_file_missing_a_record_in_the_middle_is_reported(tmp_path):
+    path, data = batch_file(tmp_path, range(3))
+    starts = record_starts(data)
+    path.write_bytes(data[: starts[1]] + data[starts[2] :])
+    again = Replay(capacity=1000, directory=tmp_path)
+    assert sorted(again.keys()) == [("a", 0), ("a", 2)]
+    assert any("holds 2 records, its header expected 3" in w for w in again.warnings)
+
+
+def test_a_file_that_lost_every_record_is_set_aside(tmp_path):
+    path, data = batch_file(tmp_path, range(2))
+    path.write_bytes(data[: record_starts(data)[0]])  # only the file header is left
+    again = Replay(capacity=1000, directory=tmp_path)
+    assert again.num_chunks == 0 and (tmp_path / (path.name + ".corrupt")).exists()
+    assert "holds 0 records, its header expected 2" in again.warnings[0]
+
+
+def test_files_without_a_header_still_load_and_are_reported_once(tmp_path, caplog):
+    for first in (0, 10):  # two files as the previous release wrote them (no header)
+        sub = tmp_path / str(first)
+        path, data = batch_file(sub, range(first, first + 2))
+        (tmp_path / f"{first:012d}.chunk").write_bytes(data[record_starts(data)[0] :])
+    with caplog.at_level(logging.WARNING, logger="daydream.replay.store"):
+        again = Replay(capacity=1000, directory=tmp_path)
+    assert sorted(again.keys()) == [("a", s) for s in (0, 1, 10, 11)]
+    (message,) = again.warnings
+    assert "2 chunk files" in message and "cannot tell if they are complete" in message
+    assert caplog.text.count("cannot tell") == 1
+
+
+def test_a_torn_record_is_still_quarantined_and_named_in_the_warnings(tmp_path):
+    path, data = batch_file(tmp_path, range(1))
+    path.write_bytes(data[:-10])
+    again = Replay(capacity=1000, directory=tmp_path)
+    assert again.num_chunks == 0 and (tmp_path / (path.name + ".corrupt")).exists()
+    assert "torn or corrupt after 0 of 1 records" in again.warnings[0]
+    assert str(path) in again.warnings[0]
+
+
+def test_a_clean_reload_has_no_warnings(tmp_path):
+    batch_file(tmp_path, range(3))
+    again = Replay(capacity=1000, directory=tmp_path)
+    assert again.num_chunks == 3 and again.warnings == []
+    assert Replay(capacity=10).warnings == []

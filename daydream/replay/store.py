@@ -20,6 +20,19 @@ there; short episodes are never dropped), but never a gap in sequence numbers.
   before it returns, and the directory is reloaded on start. A file is deleted once all its
   chunks are evicted. Records are our own raw format, each with a CRC32 trailer, never
   pickle; a torn or corrupt record ends the reading of its file (the records before it count).
+- A file starts with a header that carries its record count and a CRC32 of its records'
+  checksums, so a file cut exactly at a record boundary (or missing records) is reported on
+  reload, with the records found and expected; the records it still holds are kept. Files
+  written before the header existed load as before (reported once per reload: nothing can
+  tell whether they are complete). Every warning of the last reload is in ``warnings``.
+
+File layout (all integers little-endian)::
+
+    file    := header record*
+    header  := "DDFILE02" | u32 record count | u32 CRC32 of the records' CRCs | u32 CRC32 of
+               the 16 bytes before it
+    record  := "DDCHUNK1" | u32 H | H bytes of JSON (stream, seq, index, arrays: name,
+               dtype, shape, nbytes) | array bytes | u32 CRC32 of the record before it
 
 This module is a plain class (no Ray, no torch): ``replay_actor.py`` wraps it for Ray.
 """
@@ -43,7 +56,9 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
 
-_MAGIC = b"DDCHUNK1"
+_MAGIC = b"DDCHUNK1"  # each record
+_FILE_MAGIC = b"DDFILE02"  # the file header (files without one were written before it)
+_FILE_HEADER = struct.Struct("<8sIII")  # magic, record count, CRC of record CRCs, own CRC
 _SUFFIX = ".chunk"
 
 
@@ -67,6 +82,24 @@ def _encode_chunk_file(stream: str, seq: int, index: int, chunk: dict[str, np.nd
         crc = zlib.crc32(part, crc)
     parts.append(struct.pack("<I", crc))
     return parts
+
+
+def _file_header(records: list[list]) -> bytes:
+    """The header of a file holding ``records`` (each as ``_encode_chunk_file`` returns it)."""
+    digest = zlib.crc32(b"".join(parts[-1] for parts in records))
+    head = struct.pack("<8sII", _FILE_MAGIC, len(records), digest)
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def _read_file_header(data: bytes) -> tuple[int, int]:
+    """(record count, CRC of the record CRCs) from the header of a file that starts with
+    ``_FILE_MAGIC``; raises ValueError for a torn or corrupt header."""
+    if len(data) < _FILE_HEADER.size:
+        raise ValueError("file header cut short")
+    _, count, digest, crc = _FILE_HEADER.unpack_from(data)
+    if zlib.crc32(data[: _FILE_HEADER.size - 4]) != crc:
+        raise ValueError("file header checksum mismatch")
+    return count, digest
 
 
 def _decode_chunk_record(data: bytes, start: int) -> tuple[str, int, int, dict, int]:
@@ -181,7 +214,15 @@ class Replay:
         self._spec: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
         self._next_index = 0
         self._num_steps = 0
-        self._counts = {"added": 0, "duplicates": 0, "evicted": 0, "reloaded": 0, "corrupt": 0}
+        self._counts = {
+            "added": 0,
+            "duplicates": 0,
+            "evicted": 0,
+            "reloaded": 0,
+            "corrupt": 0,
+            "incomplete": 0,
+        }
+        self.warnings: list[str] = []  # what the last reload found wrong, for the learner's log
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._reload()
@@ -397,58 +438,107 @@ class Replay:
 
     def _write(self, file_id: int, records: list[tuple[Key, int, dict[str, np.ndarray]]]) -> None:
         assert self.directory is not None
+        encoded = [_encode_chunk_file(s, seq, i, chunk) for (s, seq), i, chunk in records]
 
         def write(f) -> None:
-            for (stream, seq), index, chunk in records:
-                for part in _encode_chunk_file(stream, seq, index, chunk):
-                    f.write(part)
+            for part in [_file_header(encoded)] + [part for parts in encoded for part in parts]:
+                f.write(part)
 
         atomic_write(self.directory / f"{file_id:012d}{_SUFFIX}", write)
 
+    def _warn(self, message: str) -> None:
+        log.warning("replay: %s", message)
+        self.warnings.append(message)
+
     def _reload(self) -> None:
         assert self.directory is not None
+        self.warnings = []
         for tmp in self.directory.glob(f"{TMP_PREFIX}*{_SUFFIX}*{TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)  # a write that never reached its rename
+        headerless = []
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
             try:
                 file_id = int(path.stem)
                 data = path.read_bytes()
             except (ValueError, OSError) as e:
-                log.warning("replay: skipping %s (%s)", path, e)
+                self._warn(f"skipping {path} ({e})")
                 continue
-            pos, loaded, broken = 0, 0, not data
-            if broken:
-                self._counts["corrupt"] += 1
-                log.warning("replay: %s is empty; ignored", path)
-            while pos < len(data):
-                try:
-                    stream, seq, index, chunk, pos = _decode_chunk_record(data, pos)
-                    length = chunk_length(chunk)
-                    self._check_spec(chunk)
-                except (ValueError, KeyError, TypeError, struct.error) as e:
-                    self._counts["corrupt"] += 1
-                    log.warning(
-                        "replay: %s is torn or corrupt after %d chunks (%s); the rest of the "
-                        "file is ignored", path, loaded, e
-                    )  # fmt: skip
-                    broken = True
-                    break
-                if (stream, seq) in self._chunks:
-                    continue
-                self._insert((stream, seq), index, chunk, length, file_id)
-                self._counts["reloaded"] += 1
-                loaded += 1
-            if not loaded and broken:
-                path.rename(path.with_name(path.name + ".corrupt"))  # kept for a person to look at
-            elif not loaded:
-                path.unlink()  # only duplicates of chunks held elsewhere
+            if not self._reload_file(path, file_id, data):
+                headerless.append(path.name)
             self._next_index = max(self._next_index, file_id + 1)
+        if headerless:
+            self._warn(
+                f"{len(headerless)} chunk files in {self.directory} have no header with their "
+                f"record count (written before it existed: {', '.join(headerless[:3])}"
+                f"{', ...' if len(headerless) > 3 else ''}); cannot tell if they are complete"
+            )
         self._evict()
         if self._chunks:
             log.info(
                 "replay: reloaded %d chunks (%d steps) from %s",
                 len(self._chunks), self._num_steps, self.directory,
             )  # fmt: skip
+
+    def _reload_file(self, path: Path, file_id: int, data: bytes) -> bool:
+        """Load the records of one file; False if it was written before files had a header.
+        Warns about a short, torn or corrupt file; sets aside one that yields nothing."""
+        promised, pos, broken = None, 0, not data
+        if broken:
+            self._counts["corrupt"] += 1
+            self._warn(f"{path} is empty; ignored")
+        elif data.startswith(_FILE_MAGIC):
+            pos = _FILE_HEADER.size
+            try:
+                promised = _read_file_header(data)
+            except ValueError as e:  # the records carry their own checksums: read them
+                self._counts["corrupt"] += 1
+                self._warn(f"{path}: {e}; its records are read, their number is unknown")
+        of = f" of {promised[0]}" if promised is not None else ""
+        found, loaded, crcs = 0, 0, []
+        while pos < len(data):
+            try:
+                stream, seq, index, chunk, pos = _decode_chunk_record(data, pos)
+                length = chunk_length(chunk)
+                self._check_spec(chunk)
+            except (ValueError, KeyError, TypeError, struct.error) as e:
+                self._counts["corrupt"] += 1
+                self._warn(
+                    f"{path} is torn or corrupt after {found}{of} records ({e}); the rest of "
+                    "the file is ignored"
+                )
+                broken = True
+                break
+            found += 1
+            crcs.append(data[pos - 4 : pos])
+            if (stream, seq) in self._chunks:
+                continue
+            self._insert((stream, seq), index, chunk, length, file_id)
+            self._counts["reloaded"] += 1
+            loaded += 1
+        if promised is not None and not broken:
+            self._check_complete(path, promised, found, crcs)
+        if not loaded and (broken or not found):
+            path.rename(path.with_name(path.name + ".corrupt"))  # kept for a person to look at
+        elif not loaded:
+            path.unlink()  # only duplicates of chunks held elsewhere
+        return not data or data.startswith(_FILE_MAGIC)
+
+    def _check_complete(
+        self, path: Path, promised: tuple[int, int], found: int, crcs: list[bytes]
+    ) -> None:
+        count, digest = promised
+        if found != count:
+            self._counts["incomplete"] += 1
+            self._warn(
+                f"{path} holds {found} records, its header expected {count} (cut at a record "
+                f"boundary or records missing); the {found} found are kept"
+            )
+        elif zlib.crc32(b"".join(crcs)) != digest:
+            self._counts["incomplete"] += 1
+            self._warn(
+                f"{path} holds {found} records as expected but not the ones its header names "
+                "(replaced or reordered); they are kept"
+            )
 
 
 def _owned(value) -> np.ndarray:
