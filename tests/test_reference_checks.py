@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from daydream.agent import Agent, Optimizer, frozen
-from daydream.behavior import Behavior
-from daydream.config import load_config
-from daydream.dists import Bernoulli, OneHotST
-from daydream.nets import MLP
-from daydream.rssm import RSSM
-from robots.base import Space, step_spaces
+from daydream.agent.agent import Agent, Optimizer, frozen
+from daydream.agent.behavior import Behavior
+from daydream.agent.dists import Bernoulli, OneHotST
+from daydream.agent.nets import MLP
+from daydream.agent.rssm import RSSM
+from daydream.core.config import load_config
+from daydream.core.spaces import Space, step_spaces
 from tests.tiny import tiny_model
 
 TINY = tiny_model(units=16, horizon=4)
