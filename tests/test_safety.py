@@ -472,3 +472,31 @@ def test_a_latched_stop_survives_a_restart_until_a_person_resets_it(tmp_path):
     second.reset()
     second.step({"action": np.zeros(2, np.float32)})
     assert len(robot.commands) == 1
+
+
+# ---------------------------------------------------------------- the record of a stopped tick
+def test_a_stop_keeps_the_observations_own_reward_and_is_first_and_sets_only_is_last():
+    robot = RecordingRobot(continuous(2))
+    robot.connect()
+    sup = SafetySupervisor(robot, safety_config())
+    sup.reset()
+    obs, executed, _ = sup.step({"action": np.zeros(2, np.float32)})
+    assert executed is not None and float(obs["reward"]) == 1.0
+    sup.request_stop("keyboard")
+    stopped, executed, _ = sup.step({"action": np.zeros(2, np.float32)})
+    assert executed is None
+    # the observation the policy acted on, closed: its reward for arriving is kept
+    assert float(stopped["reward"]) == 1.0 and not stopped["is_first"] and stopped["is_last"]
+    np.testing.assert_array_equal(stopped["x"], obs["x"])
+
+
+def test_a_stop_at_the_first_tick_keeps_is_first():
+    robot = RecordingRobot(continuous(2))
+    robot.connect()
+    sup = SafetySupervisor(robot, safety_config())
+    first = sup.reset()
+    sup.request_stop("keyboard")
+    stopped, executed, _ = sup.step({"action": np.zeros(2, np.float32)})
+    assert executed is None
+    assert stopped["is_first"] and stopped["is_last"]  # a one-observation episode
+    assert float(stopped["reward"]) == float(first["reward"])

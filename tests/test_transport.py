@@ -285,7 +285,10 @@ def test_new_weights_are_announced_and_served_only_when_newer(key_dir):
             msgs: list = []
             assert wait_for(lambda: client.hello())
             assert wait_for(lambda: msgs, poll=lambda: msgs.extend(client.poll(10)))
-            assert msgs == [{"v": SCHEMA_VERSION, "type": "weights_info", "version": -1}]
+            # "behind": how far the learner is behind its ratio (simulated robots wait on it)
+            assert msgs == [
+                {"v": SCHEMA_VERSION, "type": "weights_info", "version": -1, "behind": 0}
+            ]
             params = {"enc.w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(2)}
             gateway.publish_weights(params, version=3)
             msgs.clear()

@@ -179,6 +179,14 @@ class Agent:
         out = action.cpu().numpy().astype(np.float32)
         return {"action": out[0] if single else out}, (latent, action)
 
+    def executed(self, state, action: np.ndarray):
+        """The recurrent state with the action the robot executed (after limits, holds and a
+        person's override) in place of the policy's proposal: the model consumes a_{t-1} as
+        executed, in training (the replay stores it) and while acting (DESIGN.md section 1)."""
+        latent, proposal = state
+        done = torch.as_tensor(np.asarray(action), dtype=proposal.dtype, device=proposal.device)
+        return latent, done.reshape(proposal.shape)
+
     def _random_action(self, batch: int) -> torch.Tensor:
         size = self.act_space["action"].shape[0]
         if self.discrete:

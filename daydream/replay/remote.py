@@ -90,6 +90,12 @@ class RemoteReplay:
     def restore_sampled(self, sampled: int) -> None:
         ray.get(self.handle.restore_sampled.remote(sampled))
 
+    def start_ratio(self) -> None:
+        ray.get(self.handle.start_ratio.remote())
+
+    def ready(self, length: int) -> bool:
+        return ray.get(self.handle.ready.remote(length))
+
     # ------------------------------------------------------------ pipelined adds (gateway)
     def submit(self, items: list):
         """Start storing a batch; returns a ticket for :meth:`done`."""

@@ -106,6 +106,13 @@ class ReplayService:
                 sampled = min(sampled, int(limiter.ratio * limiter.inserted))
             limiter.load_state(sampled)
 
+    def start_ratio(self) -> None:
+        """Count the ratio from now on: the steps stored so far (the prefill, trained on by the
+        uncounted pretraining) owe no updates."""
+        with self._cond:
+            limiter = self._limiter
+            limiter.load_state(max(limiter.sampled, int(limiter.ratio * limiter.inserted)))
+
     def close(self) -> None:
         """Nothing to release in one process (the Ray handle's close kills the actor)."""
 

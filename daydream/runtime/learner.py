@@ -46,6 +46,8 @@ from daydream.replay.service import replay_options
 from daydream.runtime.logger import MetricsLogger
 
 POLL_EVERY_S = 1.0  # replay statistics and robot reports
+PACE_EVERY_S = 0.1  # how often the robots hear how far behind the ratio the learner is
+PRETRAINING = 2**31 - 1  # "behind" while pretraining: simulated robots wait for it
 
 
 def seed_everything(seed: int) -> None:
@@ -151,6 +153,9 @@ class GatewayRunner:
     def stats(self) -> dict:
         return self._call("stats")
 
+    def set_pace(self, behind: int) -> None:
+        self._call("set_pace", behind)
+
     def stop(self) -> None:
         try:
             self._call("stop")
@@ -205,6 +210,9 @@ class Learner:
         self.should_save = Every(every.checkpoint_every_s, first=False)
         self.should_log = Every(every.log_every_s, first=False)
         self.should_poll = Every(POLL_EVERY_S)
+        self.should_pace = Every(PACE_EVERY_S)
+        self._begun = self.agent.updates > 0  # pretrained, ratio counting (a resumed run: yes)
+        self._updates_at_poll = self.agent.updates
         self.returns: deque = deque(maxlen=100)
         self.actor_versions: dict[str, int] = {}
         self._stop = threading.Event()
@@ -259,13 +267,43 @@ class Learner:
         self.logger.accumulate(self.agent.train(batch))
         self.counters["updates"] = self.agent.updates
 
-    def _pretrain(self, timeout: float) -> None:
-        """``train.pretrain`` updates right after prefill, not counted against the ratio."""
+    def _begin(self) -> bool:
+        """Once the replay holds ``train.prefill`` steps (replay.min_size): ``train.pretrain``
+        updates, not counted against the ratio (simulated robots wait meanwhile), then the
+        ratio counts from here on, as it does in one process. True once begun."""
+        if self._begun:
+            return True
+        if not self.replay.ready(self.batch[1]):
+            return False
+        self.hub.set_pace(PRETRAINING)
         for _ in range(self.config.train.pretrain):
-            batch = self.replay.sample(*self.batch, timeout=timeout, counted=False)
+            batch = self.replay.sample(*self.batch, timeout=0.0, counted=False)
             if batch is None:
-                return
+                break
             self._train(batch)
+        self.replay.start_ratio()
+        self._begun = True
+        self.poll()
+        self._send_pace()
+        return True
+
+    def behind(self) -> int:
+        """Environment steps stored that the learner has not yet trained on at its ratio."""
+        ratio = self.config.replay.samples_per_insert
+        inserted = int(self.replay_stats.get("inserted_steps", 0))
+        if ratio <= 0:
+            return 0
+        if not self._begun:
+            return max(0, inserted - self.config.replay.min_size)
+        sampled = int(self.replay_stats.get("sampled_steps", 0))
+        sampled += (self.agent.updates - self._updates_at_poll) * self.batch[0] * self.batch[1]
+        return max(0, int(inserted - sampled / ratio))
+
+    def _send_pace(self) -> None:
+        try:
+            self.hub.set_pace(self.behind())
+        except Exception as e:  # noqa: BLE001 - only pacing: never stop training for it
+            print(f"learner: could not tell the robots its pace ({e})", flush=True)
 
     def _count_env_steps(self) -> None:
         self.counters["env_steps"] = max(
@@ -280,10 +318,9 @@ class Learner:
         two ticks of the robot actor). Returns how many ran."""
         self.poll()
         before = self.agent.updates
-        if before == 0:
-            self._pretrain(timeout=0.0)
-        while (batch := self.replay.sample(*self.batch, timeout=0.0)) is not None:
-            self._train(batch)
+        if self._begin():
+            while (batch := self.replay.sample(*self.batch, timeout=0.0)) is not None:
+                self._train(batch)
         if self.agent.updates > before:
             self.replay_stats = self.replay.stats()
             self._count_env_steps()
@@ -310,10 +347,12 @@ class Learner:
                     self.poll()
                     if total and self.counters["env_steps"] >= total:
                         break
+                if not self._begin():
+                    self._stop.wait(0.1)
+                    self._housekeeping()
+                    continue
                 batch = self.prefetcher.get(timeout=0.1)
                 if batch is not None:
-                    if self.agent.updates == 0:
-                        self._pretrain(timeout=self.config.learner.sample_timeout_s)
                     self._train(batch)
                 self._housekeeping()
         except BaseException:
@@ -325,6 +364,8 @@ class Learner:
         return dict(self.counters)
 
     def _housekeeping(self) -> None:
+        if self.should_pace():
+            self._send_pace()
         newer = self.agent.updates > max(self.counters["published"], 0)
         if newer and self.should_publish():
             self.publish()
@@ -337,6 +378,7 @@ class Learner:
     def poll(self) -> None:
         try:
             self.replay_stats = self.replay.stats()
+            self._updates_at_poll = self.agent.updates
             self._count_env_steps()
         except Exception as e:  # noqa: BLE001 - keep training on what is prefetched
             print(f"learner: the replay did not answer ({e})", flush=True)

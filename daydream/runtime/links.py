@@ -34,6 +34,7 @@ from daydream.wire.transport import TransportClient, TransportOptions
 
 log = logging.getLogger("daydream.actor")
 
+PACE_STALE_S = 5.0  # a learner not heard from for this long is not waited for
 MAX_EPISODES_KEPT = 1000  # episode reports waiting for a heartbeat (the oldest go first)
 EPISODES_PER_HEARTBEAT = 64
 REQUEST_AGAIN_S = 5.0  # ask again for announced weights whose answer was lost
@@ -182,6 +183,7 @@ class NetworkLink:
         self.weights = WeightsReceiver(slots, 2.0 * period)
         self.slots = slots
         self.connected_at: float | None = None
+        self._behind = (0, -1e9)  # (steps the learner is behind train.ratio, when it was said)
         self._stop = threading.Event()
         self._deadline = 0.0
         self._thread = threading.Thread(target=self._run, name="daydream-link", daemon=True)
@@ -200,6 +202,12 @@ class NetworkLink:
     def tick_done(self) -> None:
         """The control loop finished a tick's work: weights may load in its idle time now."""
         self.weights.tick_done()
+
+    def behind(self) -> int:
+        """Environment steps the learner is behind its training ratio, as it last said (0 when
+        it has not said so for PACE_STALE_S: a learner that is gone is not waited for)."""
+        steps, at = self._behind
+        return steps if time.monotonic() - at < PACE_STALE_S else 0
 
     def status(self) -> dict:
         # reads a few ints owned by the network thread: fine for a display
@@ -246,6 +254,8 @@ class NetworkLink:
         kind = msg.get("type")
         if kind in ("ack", "nack", "weights_info") and self.connected_at is None:
             self.connected_at = time.monotonic()
+        if kind in ("ack", "weights_info") and isinstance(msg.get("behind"), int):
+            self._behind = (msg["behind"], time.monotonic())
         if self.outbox.handle(msg):
             return
         if kind == "weights_info":
@@ -293,6 +303,9 @@ class InProcessLink:
     def tick_done(self) -> None:
         pass
 
+    def behind(self) -> int:
+        return 0  # the learner trains between two ticks: never behind
+
     def status(self) -> dict:
         return {"connected": True, "outbox": {"pending": 0}}
 
@@ -310,6 +323,9 @@ class InProcessLink:
 
     def stats(self) -> dict:
         return {"chunks_added": self.added}
+
+    def set_pace(self, behind: int) -> None:
+        pass  # the robot waits anyway while the learner trains between two ticks
 
     def stop(self) -> None:
         pass

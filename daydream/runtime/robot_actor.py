@@ -48,6 +48,7 @@ LATCH_FILENAME = "SAFETY_STOP"
 #: `daydream actor` exits with this status while a safety stop is latched (service managers
 #: must not restart it: deploy/systemd/daydream-actor.service uses RestartPreventExitStatus=3)
 EXIT_SAFETY_STOP = 3
+HOLD_POLL_S = 0.005  # a simulated robot waiting for the learner looks this often
 
 # Decoded weights are read-only views of the received message; torch copies them anyway.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -71,6 +72,8 @@ class Link(Protocol):
     def report_episode(self, episode_return: float, length: int) -> None: ...
 
     def tick_done(self) -> None: ...
+
+    def behind(self) -> int: ...
 
     def close(self, grace: float) -> dict: ...
 
@@ -160,6 +163,9 @@ class RobotActor:
         self.link = make_link(self.slots, self.directory, self.period)
         self.chunks = ChunkBuilder(self.acfg.chunk_length)
         self.mode = self.acfg.policy_mode
+        # only a simulation may wait for the learner; a real robot keeps its rate whatever it does
+        self.max_lag = self.acfg.sim_max_lag_steps if self.robot.simulated else 0
+        self.held_s = 0.0  # seconds spent waiting for the learner
         self._stop = threading.Event()
         self.steps = 0  # executed actions
         self.records = 0  # steps recorded into chunks (executed ones + episode ends)
@@ -171,6 +177,7 @@ class RobotActor:
         self._should_report = Every(self.acfg.status_every_s, first=False)
         self.sup: SafetySupervisor | None = None
         self.console = None
+        self.state = None
 
     @classmethod
     def networked(
@@ -235,7 +242,7 @@ class RobotActor:
         return self._stop.is_set() or bool(self.max_steps and self.steps >= self.max_steps)
 
     def _episode_loop(self, obs: dict) -> None:
-        state = None
+        self.state = None  # the policy's recurrent state: (latent, previous action)
         self._episode = {"return": 0.0, "length": 0}
         while True:
             t0 = time.perf_counter()
@@ -255,13 +262,15 @@ class RobotActor:
             if agent is None:
                 action = {"action": self.act_space.sample(self.rng)}
             else:
-                action, state = agent.policy(obs, state, mode=self.mode)
+                action, self.state = agent.policy(obs, self.state, mode=self.mode)
             next_obs, executed, intervention = self.sup.step(action)
             if executed is None:  # stopped: nothing was sent; next_obs is obs marked last
                 self._record(next_obs, None, False)
                 self._end_episode()
                 return
             self._record(obs, executed["action"], intervention)
+            if self.state is not None:  # the model consumes what the robot did, not the proposal
+                self.state = agent.executed(self.state, executed["action"])
             self.steps += 1
             obs = next_obs
             self._episode["return"] += float(obs["reward"])
@@ -275,6 +284,19 @@ class RobotActor:
                     self.after_tick()
             else:
                 self._sleep_out(t0)
+                self._hold_for_learner()
+
+    def _hold_for_learner(self) -> None:
+        """A simulated robot waits while the learner is more than ``actor.sim_max_lag_steps``
+        behind its training ratio, so that it learns per step as in one process (the robot
+        is paused meanwhile: no watchdog, no board timeout)."""
+        if not self.max_lag or self.link.behind() <= self.max_lag:
+            return
+        t0 = time.monotonic()
+        with self.sup.paused():
+            while self.link.behind() > self.max_lag and not self._stop.is_set():
+                self._stop.wait(HOLD_POLL_S)
+        self.held_s += time.monotonic() - t0
 
     def _record(self, obs: dict, action: np.ndarray | None, intervention: bool) -> None:
         self.records += 1
@@ -333,6 +355,7 @@ class RobotActor:
             "tick_rate": self.tick_rate(),
             "tick_p50_ms": float(np.percentile(ticks, 50) * 1e3) if ticks.size else None,
             "tick_p99_ms": float(np.percentile(ticks, 99) * 1e3) if ticks.size else None,
+            "held_for_learner_s": self.held_s,
             **link,
             "outbox": outbox if outbox is not None else link.get("outbox", {}),
             "safety_stopped": bool(self.sup is not None and self.sup.stopped),

@@ -48,7 +48,7 @@ How the actor uses it::
             action, state = agent.policy(obs, state)
             obs, executed, intervention = sup.step(action)
             if executed is None:                     # stopped: nothing was sent, obs is the
-                break                                # previous one marked is_last (reward 0)
+                break                                # previous one marked is_last
             store(obs, executed, intervention)
     sup.close()
 
@@ -355,7 +355,8 @@ class SafetySupervisor:
         ``executed`` is the action the robot actually got (the person's while overridden,
         clamped, or the held command after a refusal). While a stop is latched, or after
         a release until the next ``reset()``, nothing is sent: ``executed`` is None and
-        ``obs`` is the previous observation with ``is_last=True`` and reward 0.
+        ``obs`` is the previous observation with ``is_last=True`` (its reward and is_first
+        kept).
         """
         with self._lock:
             if self._stopped or self._needs_reset:
@@ -561,11 +562,10 @@ class SafetySupervisor:
         )
 
     def _stopped_obs(self) -> dict[str, np.ndarray]:
+        """The observation the policy last acted on, closing the episode: its own reward and
+        is_first are kept (they are real), only ``is_last`` is set."""
         obs = dict(self._last_obs or {})
-        obs["is_last"] = np.array(True)
-        obs["is_first"] = np.array(False)
-        obs["is_terminal"] = np.array(False)
-        obs["reward"] = np.array(0.0, np.float32)
+        obs["is_last"] = np.bool_(True)
         return obs
 
     def _as_array(self, action: Any) -> np.ndarray:

@@ -9,6 +9,9 @@ For every chunk a robot sends, the gateway
   4. acknowledges it ONLY once the replay has answered True (stored, on disk) or False (a
      duplicate it already holds). If the replay call fails, nothing is acknowledged and
      the robot's outbox sends the chunk again.
+Every ack and weights announcement also carries ``behind``: how many environment steps the
+learner is behind its training ratio (``set_pace``), so that simulated robots can wait for
+it (real robots never do).
 It also serves the newest policy weights: ``publish_weights(params, version)`` (from the
 learner) announces the version to every robot seen recently; a robot that asks
 (``weights_request``) with an older version gets the weights.
@@ -76,6 +79,7 @@ class Gateway:
         self._weights_version = -1
         self._weights_bytes: bytearray | None = None  # encoded once, sent to every robot
         self._announce = False
+        self._behind = 0  # environment steps the learner is behind train.ratio (set_pace)
         self._peers: dict[bytes, float] = {}
         self._reports: deque = deque(maxlen=MAX_REPORTS)  # heartbeat reports for the learner
         self._in_flight: list = []  # (ref, [(peer, actor, seq)])
@@ -99,6 +103,11 @@ class Gateway:
                 )
             self._weights_version, self._weights_bytes = int(version), data
             self._announce = True
+
+    def set_pace(self, behind: int) -> None:
+        """How many environment steps the learner is behind its training ratio (0: keeping up);
+        robots hear it with every ack and weights announcement."""
+        self._behind = max(0, int(behind))
 
     @property
     def weights_version(self) -> int:
@@ -156,7 +165,7 @@ class Gateway:
                 self._accept_chunk(peer, msg, batch)
             elif kind in ("hello", "heartbeat"):
                 self._note_report(msg)
-                self.server.send(peer, {"type": "weights_info", "version": self._weights_version})
+                self.server.send(peer, self._weights_info())
             elif kind == "weights_request":
                 self._serve_weights(peer, msg["version"])
             else:
@@ -265,7 +274,9 @@ class Gateway:
                 nacks[(peer, actor)].append((seq, str(result)))
         for (peer, actor), seqs in acks.items():
             self.counts["acks_sent"] += len(seqs)
-            self.server.send(peer, {"type": "ack", "actor": actor, "seqs": seqs})
+            self.server.send(
+                peer, {"type": "ack", "actor": actor, "seqs": seqs, "behind": self._behind}
+            )
         for (peer, _), items in nacks.items():
             self.server.send(
                 peer, {"type": "nack", "seqs": [s for s, _ in items], "reason": items[0][1][:200]}
@@ -280,11 +291,14 @@ class Gateway:
             if self.server.send(peer, data):
                 self.counts["weights_sent"] += 1
         else:
-            self.server.send(peer, {"type": "weights_info", "version": version})
+            self.server.send(peer, self._weights_info())
+
+    def _weights_info(self) -> dict:
+        return {"type": "weights_info", "version": self._weights_version, "behind": self._behind}
 
     def _announce_weights(self, now: float) -> None:
         self._announce = False
-        info = encode({"type": "weights_info", "version": self._weights_version})
+        info = encode(self._weights_info())
         for peer, seen in list(self._peers.items()):
             if now - seen > PEER_TIMEOUT_S:
                 del self._peers[peer]
