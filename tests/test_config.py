@@ -131,3 +131,45 @@ def test_set_is_repeatable_and_every_value_is_kept(tmp_path):
                               "--set", "seed=3", "model.rssm.deter=8"])  # fmt: skip
     config = build_config(args, "train")
     assert (config.train.steps, config.seed, config.model.rssm.deter) == (7, 3, 8)
+
+
+# ---------------------------------------------------------------- sizes
+def test_a_size_preset_applies_after_the_algorithm_and_the_tasks_size_block_after_the_task():
+    small = load_config("configs/sim_ur5_reach.yaml", auto_size="small")
+    big = load_config("configs/sim_ur5_reach.yaml", auto_size="daydreamer")
+    assert (small.size, big.size) == ("small", "daydreamer")
+    assert small.model.rssm.deter == 128 and small.model.encoder.mlp_units == 128
+    assert big.model.rssm.deter == 512 and big.model.encoder.mlp_units == 512  # the UR5's RSSM
+    assert big.train.prefill == 2000 and big.replay.min_size == 2000  # from sizes.daydreamer
+    quad = load_config("configs/sim_quadruped.yaml", auto_size="daydreamer")
+    assert quad.model.rssm.deter == 256  # DayDreamer's A1
+    asked = load_config("configs/sim_ur5_reach.yaml", overrides=["size=daydreamer"],
+                        auto_size="small")  # fmt: skip
+    assert asked.size == "daydreamer"  # auto only decides when nobody asked
+
+
+def test_an_unknown_size_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown size 'huge'; known: daydreamer, small"):
+        load_config(None, overrides=["size=huge"])
+
+
+def test_a_typo_in_a_tasks_size_block_is_named(tmp_path):
+    task = tmp_path / "task.yaml"
+    task.write_text("sizes:\n  small:\n    train: {bach_size: 8}\n")
+    with pytest.raises(ConfigError, match="train.bach_size"):
+        load_config(task, auto_size="small")
+
+
+def test_the_command_line_picks_small_on_a_cpu_and_says_why(capsys):
+    import argparse
+
+    from daydream.cli import train
+    from daydream.cli.common import build_config
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    config = build_config(parser.parse_args(["--config", "configs/sim_ur5_reach.yaml",
+                                             "--set", "device=cpu"]), "train")  # fmt: skip
+    assert config.size == "small"
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("daydream train: size small (auto: device is cpu")

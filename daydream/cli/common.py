@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 EXIT_USAGE = 2  # a config or argument error (service managers must not restart on it)
+SIZES = ("auto", "small", "daydreamer")
 
 
 def add_set_argument(parser: argparse.ArgumentParser, example: str = "model.rssm.deter=256"):
@@ -36,6 +37,11 @@ def add_config_arguments(
     """--config, --algo, and the shorthands that are config keys (--steps, --logdir, --keys)."""
     parser.add_argument("--config", required=config_required, default=None, help=config_help)
     parser.add_argument("--algo", help="algorithm preset from configs/algo/ (default: the task's)")
+    parser.add_argument(
+        "--size", choices=SIZES,
+        help="network sizes: small (learns on a CPU laptop), daydreamer (DayDreamer's, for a "
+        "CUDA learner), auto (default: daydreamer with CUDA, else small)",
+    )  # fmt: skip
     if steps:
         parser.add_argument("--steps", type=int, help="environment steps (train.steps)")
     if logdir:
@@ -45,22 +51,52 @@ def add_config_arguments(
     add_set_argument(parser, example)
 
 
-def build_config(args: argparse.Namespace, verb: str, extra: list[str] | tuple = ()):
-    """The config from --config/--algo/--set plus the verb's shorthand flags; a bad file,
-    key or value exits with one line naming it, before anything starts or is written."""
-    from daydream.core.config import ConfigError, load_config
+def build_config(
+    args: argparse.Namespace, verb: str, extra: list[str] | tuple = (), quiet: bool = False
+):
+    """The config from --config/--algo/--size/--set plus the verb's shorthand flags; a bad
+    file, key or value exits with one line naming it, before anything starts or is written.
+    Prints which size runs and why (unless ``quiet``)."""
+    from daydream.core.config import ConfigError, load_config, requested_size
 
     overrides = list(getattr(args, "overrides", []) or []) + list(extra)
+    if getattr(args, "size", None):
+        overrides.append(f"size={args.size}")
     if getattr(args, "steps", None) is not None:
         overrides.append(f"train.steps={args.steps}")
     if getattr(args, "logdir", None) is not None:
         overrides.append(f"logdir={args.logdir}")
     if getattr(args, "keys", None) is not None:
         overrides.append(f"transport.key_dir={Path(args.keys).resolve()}")
+    path, algo = getattr(args, "config", None), getattr(args, "algo", None)
     try:
-        return load_config(getattr(args, "config", None), getattr(args, "algo", None), overrides)
+        requested = requested_size(path, overrides)
+        auto, why = _auto_size(verb, load_config(path, algo, overrides).device)
+        config = load_config(path, algo, overrides, auto_size=auto)
     except ConfigError as e:
         fail(verb, str(e))
+    if not quiet:
+        reason = f"auto: {why}" if requested == "auto" else "as asked"
+        other = "daydreamer" if config.size == "small" else "small"
+        print(f"daydream {verb}: size {config.size} ({reason}; --size {other} for the other)",
+              flush=True)  # fmt: skip
+    return config
+
+
+def _auto_size(verb: str, device: str) -> tuple[str, str]:
+    """What ``size: auto`` means for this verb on this machine, and why."""
+    if verb == "actor":
+        return "daydreamer", (
+            "a robot computer uses the size of a CUDA learner; give --size small when the "
+            "learner runs on a CPU"
+        )
+    if device == "cpu":
+        return "small", "device is cpu"
+    import torch
+
+    if device.startswith("cuda") or torch.cuda.is_available():
+        return "daydreamer", "the learner has a CUDA device"
+    return "small", "the learner has no CUDA device"
 
 
 def fail(verb: str, message: str) -> None:

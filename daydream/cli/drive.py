@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     from daydream.cli.common import build_config
     from daydream.safety.supervisor import SafetyStopped, SafetySupervisor
 
-    config = build_config(args, "drive")
+    config = build_config(args, "drive", quiet=True)
     name = args.robot or config.robot.name
     robot = robots.make(name, config)
     keyboard = console = None

@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, default=1, help="simulated robots (default 1)")
     parser.add_argument("--robot", help="robot driver for the actors (default: robot.name)")
     parser.add_argument("--bind", default="tcp://127.0.0.1:*", help="gateway address (loopback)")
+    parser.add_argument(
+        "--no-report", action="store_true",
+        help="do not write `daydream report` output (curves, open-loop video) at the end",
+    )  # fmt: skip
 
 
 def spawn_actor(
@@ -44,6 +48,7 @@ def spawn_actor(
            "--learner", endpoint, "--id", actor_id, "--logdir", str(config.logdir)]  # fmt: skip
     if args.algo:
         cmd += ["--algo", args.algo]
+    cmd += ["--size", config.size]  # the learner's size: auto is resolved once, here
     if args.robot:
         cmd += ["--robot", args.robot]
     if key_dir is not None:
@@ -153,4 +158,23 @@ def main(args: argparse.Namespace) -> int:
             learner.close()
             print(f"checkpoint in {logdir}; rerun the same command to resume", flush=True)
         stop_ray()
+    if learner is not None and not args.no_report:
+        _report(logdir)
     return 0
+
+
+def _report(logdir: Path) -> None:
+    """What ``daydream report --logdir LOGDIR`` writes, and where it is."""
+    from daydream.runtime.report import write_report
+
+    try:
+        written, notes = write_report(logdir)
+    except Exception as e:  # noqa: BLE001 - the run itself is saved; say why and how to retry
+        print(f"daydream run: the report failed ({e}); retry with daydream report --logdir "
+              f"{logdir}", flush=True)  # fmt: skip
+        return
+    for note in notes:
+        print(f"daydream run: report: {note}", flush=True)
+    if written:
+        print(f"daydream run: report in {written[0].parent}: "
+              f"{', '.join(p.name for p in written)}", flush=True)  # fmt: skip

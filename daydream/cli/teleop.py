@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     from daydream.wire.curve import key_directory
 
     keys, args.keys = args.keys, None  # a path of its own here, not transport.key_dir
-    config = build_config(args, "teleop")
+    config = build_config(args, "teleop", quiet=True)
     key_dir = Path(keys) if keys else key_directory(config.transport.key_dir, config.logdir)
     client = ConsoleClient(
         args.robot,

@@ -1,10 +1,14 @@
 """Configuration: one YAML of defaults whose types are the schema, presets, task files, overrides.
 
 Layering, later wins:
-    configs/defaults.yaml  ->  configs/algo/<algo>.yaml  ->  task file  ->  --set k=v ...
+    configs/defaults.yaml -> configs/algo/<algo>.yaml -> configs/size/<size>.yaml
+        -> task file -> the task file's ``sizes: {<size>: ...}`` block -> --set k=v ...
 
 The algorithm comes from ``--algo`` if given, else from the task file's ``algo`` key,
-else from the defaults.
+else from the defaults; the size likewise (``--size``, ``size``). A size is the network
+and batch sizes: ``small`` learns a simulated robot on a CPU laptop, ``daydreamer`` is
+DayDreamer's, for a CUDA learner; ``auto`` is resolved by the caller, which knows the
+device (``load_config(..., auto_size=...)``; the command line picks small without CUDA).
 
 The schema is read off the defaults: every key of ``configs/defaults.yaml`` becomes a
 typed field of a dataclass per block (an OmegaConf structured config), typed by its
@@ -236,29 +240,59 @@ def _parse_value(text: str):
     return value
 
 
+def _preset(kind: str, name: str) -> tuple[dict, Path]:
+    path = CONFIG_DIR / kind / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml")))
+        what = {"algo": "algorithm", "size": "size"}[kind]
+        raise ConfigError(f"unknown {what} '{name}'; known: {known}")
+    return _read_yaml(path), path
+
+
+def requested_size(path: str | Path | None = None, overrides: Sequence[str] = ()) -> str:
+    """The size the task file and overrides ask for, before any is applied (may be auto)."""
+    task = _read_yaml(Path(path)) if path is not None else {}
+    cli = parse_overrides(overrides)
+    return str(cli.get("size") or task.get("size") or schema().size)
+
+
 def load_config(
     path: str | Path | None = None,
     algo: str | None = None,
     overrides: Sequence[str] = (),
+    auto_size: str | None = None,
 ) -> DictConfig:
-    """Load defaults, the algorithm preset, the task file and overrides, typed and strict.
+    """Load defaults, the presets, the task file and overrides, typed and strict.
 
-    Raises ConfigError (one line naming the key) for an unknown key or a value of the
-    wrong type, before anything is built or written.
+    ``auto_size`` is what ``size: auto`` means here (the caller knows the device); without
+    it, ``auto`` applies no size preset (the defaults' sizes). Raises ConfigError (one line
+    naming the key) for an unknown key or a value of the wrong type, before anything is
+    built or written.
     """
     config = OmegaConf.structured(schema())
     OmegaConf.set_struct(config, True)
     task = _read_yaml(Path(path)) if path is not None else {}
+    sizes = task.pop("sizes", None) or {}
+    if not isinstance(sizes, dict) or not all(isinstance(v, dict) for v in sizes.values()):
+        raise ConfigError(f"{path}: 'sizes' must map size names to blocks of keys")
+    for name, block in sizes.items():
+        _preset("size", name)  # a known size
+        check_layer(block, f"{path} sizes.{name}")
     cli = parse_overrides(overrides)
     algo = algo or cli.get("algo") or task.get("algo") or config.algo
-    algo_file = CONFIG_DIR / "algo" / f"{algo}.yaml"
-    if not algo_file.is_file():
-        known = sorted(p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml"))
-        raise ConfigError(f"unknown algorithm '{algo}'; known: {', '.join(known)}")
-    config = _merge(config, _read_yaml(algo_file), str(algo_file))
+    size = str(cli.get("size") or task.get("size") or config.size)
+    if size == "auto":
+        size = auto_size or "auto"
+    layers = [_preset("algo", algo)]
+    if size != "auto":
+        layers.append(_preset("size", size))
+    for layer, source in layers:
+        config = _merge(config, layer, str(source))
     config = _merge(config, task, str(path))
+    if size in sizes:
+        config = _merge(config, sizes[size], f"{path} sizes.{size}")
     config = _merge(config, cli, "--set overrides")
-    config.algo = algo
+    config.algo, config.size = algo, size
     try:
         OmegaConf.resolve(config)  # derived values (${...}) and their types, checked now
     except (InterpolationResolutionError, ValidationError) as e:
