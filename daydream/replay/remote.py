@@ -8,7 +8,7 @@
     gateway = remote_class(Gateway).remote(replay, ...) # any class as a threaded Ray actor
 
 ``RemoteReplay`` has the same synchronous methods as ``ReplayService`` (sample, stats,
-restore_sampled, close), so the learner and the gateway take either.
+restore_sampled, rebind, pop_warnings, close), so the learner and the gateway take either.
 """
 
 from __future__ import annotations
@@ -95,6 +95,12 @@ class RemoteReplay:
 
     def ready(self, length: int) -> bool:
         return ray.get(self.handle.ready.remote(length))
+
+    def rebind(self, stream: str, key: str) -> str | None:
+        return ray.get(self.handle.rebind.remote(stream, key))
+
+    def pop_warnings(self) -> list[str]:
+        return ray.get(self.handle.pop_warnings.remote())
 
     # ------------------------------------------------------------ pipelined adds (gateway)
     def submit(self, items: list):

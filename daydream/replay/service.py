@@ -36,6 +36,7 @@ class ReplayService:
         self._cond = threading.Condition()
         self._throttled = 0
         self._rejected = 0
+        self._warned = 0  # warnings of the replay already handed to pop_warnings' callers
 
     def add(self, stream: str, seq: int, chunk: dict[str, np.ndarray]) -> bool:
         """Store a chunk (durably when the replay has a directory); False for a duplicate."""
@@ -46,14 +47,15 @@ class ReplayService:
                 self._cond.notify_all()
             return added
 
-    def add_batch(self, items: list[tuple[str, int, dict[str, np.ndarray]]]) -> list:
-        """Add several chunks with one disk commit; per item True (added), False (duplicate)
-        or an error string (refused: wrong keys, shapes or dtypes)."""
+    def add_batch(self, items: list[tuple]) -> list:
+        """Add several chunks with one disk commit: items ``(stream, seq, chunk[, robot
+        key])``; per item True (added), False (duplicate) or ``"<reason>: <detail>"``
+        (refused; ``store.REFUSALS``)."""
         with self._cond:
             results = self._replay.add_batch(items)  # one disk commit for the whole batch
-            for (_, _, chunk), result in zip(items, results, strict=True):
+            for item, result in zip(items, results, strict=True):
                 if result is True:
-                    self._limiter.inserted += len(next(iter(chunk.values())))
+                    self._limiter.inserted += len(next(iter(item[2].values())))
                 elif result is not False:
                     self._rejected += 1
             self._cond.notify_all()
@@ -112,6 +114,20 @@ class ReplayService:
         with self._cond:
             limiter = self._limiter
             limiter.load_state(max(limiter.sampled, int(limiter.ratio * limiter.inserted)))
+
+    def rebind(self, stream: str, key: str) -> str | None:
+        """Give ``stream`` to the robot key ``key`` (Z85 text) on purpose; returns the key it
+        belonged to (None: nobody)."""
+        with self._cond:
+            return self._replay.rebind(stream, key)
+
+    def pop_warnings(self) -> list[str]:
+        """What the replay found wrong with its files (reload) since the last call: the Ray
+        actor's log goes nowhere, so the learner prints these."""
+        with self._cond:
+            warnings = self._replay.warnings[self._warned :]
+            self._warned += len(warnings)
+            return warnings
 
     def close(self) -> None:
         """Nothing to release in one process (the Ray handle's close kills the actor)."""

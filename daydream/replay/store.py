@@ -34,7 +34,18 @@ File layout (all integers little-endian)::
     record  := "DDCHUNK1" | u32 H | H bytes of JSON (stream, seq, index, arrays: name,
                dtype, shape, nbytes) | array bytes | u32 CRC32 of the record before it
 
-This module is a plain class (no Ray, no torch): ``replay_actor.py`` wraps it for Ray.
+What ``add_batch`` refuses, each with its reason (the text before the first colon of the
+item's result, which the gateway counts and sends back in its ``nack``):
+
+    stream_owned  the chunk comes from a robot key other than the one that owns its stream
+                  (``owners.py``: the bindings, ``streams.json`` in the directory)
+    bad_seq       a negative sequence number, or one beyond 2**63 - 1
+    seq_ahead     a sequence number more than ``MAX_SEQ_AHEAD`` beyond the newest one its
+                  stream has stored (see there)
+    bad_chunk     arrays without one shared time axis, or keys, dtypes or shapes that differ
+                  from the chunks stored before
+
+This module is a plain class (no Ray, no torch): ``remote.py`` wraps it for Ray.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ import numpy as np
 
 from daydream.core.chunks import chunk_length
 from daydream.core.files import TMP_PREFIX, TMP_SUFFIX, atomic_write
+from daydream.replay.owners import StreamOwners
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +72,17 @@ _MAGIC = b"DDCHUNK1"  # each record
 _FILE_MAGIC = b"DDFILE02"  # the file header (files without one were written before it)
 _FILE_HEADER = struct.Struct("<8sIII")  # magic, record count, CRC of record CRCs, own CRC
 _SUFFIX = ".chunk"
+
+MAX_SEQ = 2**63 - 1  # sequence numbers are 0 .. 2**63 - 1 (a signed 64-bit integer in any language)
+# How far a chunk's sequence number may lie beyond the newest its stream has stored. The
+# robot's outbox (wire/outbox.py) numbers chunks consecutively and, so that a restart never
+# reuses a number, reserves SEQ_BLOCK = 1000 numbers ahead on disk: a restarted actor goes
+# on at most SEQ_BLOCK + 1 past its last number. 1000 blocks allow 1000 restarts without one
+# chunk getting through, or 10**6 chunks the outbox dropped beyond its disk bound in an
+# outage (3.7 days of a 50 Hz robot at 16 steps per chunk); anything further ahead is a bug
+# or garbage (2**62, 2**64 - 1) that would open a gap no resend ever fills.
+MAX_SEQ_AHEAD = 1000 * 1000
+REFUSALS = ("stream_owned", "bad_seq", "seq_ahead", "bad_chunk")
 
 
 # ---------------------------------------------------------------- chunk files
@@ -214,6 +237,8 @@ class Replay:
         self._spec: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
         self._next_index = 0
         self._num_steps = 0
+        self._newest_seq: dict[str, int] = {}  # per stream, the highest seq stored so far
+        self.owners = StreamOwners(self.directory)
         self._counts = {
             "added": 0,
             "duplicates": 0,
@@ -252,34 +277,44 @@ class Replay:
         result = self.add_batch([(stream, seq, chunk)], raise_errors=True)[0]
         return bool(result)
 
-    def add_batch(
-        self, items: list[tuple[str, int, dict[str, np.ndarray]]], raise_errors: bool = False
-    ) -> list[bool | str]:
-        """Add several chunks with one disk commit; per item True (added), False (duplicate),
-        or the error message of a chunk that was refused (raised instead if raise_errors)."""
+    def add_batch(self, items: list[tuple], raise_errors: bool = False) -> list[bool | str]:
+        """Add several chunks with one disk commit. Each item is ``(stream, seq, chunk)`` or
+        ``(stream, seq, chunk, key)`` with the sender's robot key (None: not checked). Per
+        item True (added), False (duplicate), or ``"<reason>: <detail>"`` for a chunk that
+        was refused, the reason one of REFUSALS (raised as ValueError if raise_errors)."""
         results: list[bool | str] = []
         accepted: list[tuple[Key, dict[str, np.ndarray], int]] = []
         batch_keys: set[Key] = set()
-        for stream, seq, chunk in items:
-            key = (str(stream), int(seq))
-            if key in self._chunks or key in batch_keys:
+        newest = dict(self._newest_seq)
+        for stream, seq, chunk, *sender in items:
+            key, owner = (str(stream), int(seq)), (sender[0] if sender else None)
+            refusal = self.owners.check(key[0], owner) or _seq_refusal(key, newest.get(key[0]))
+            if not refusal and (key in self._chunks or key in batch_keys):
                 self._counts["duplicates"] += 1
                 results.append(False)
                 continue
-            try:
-                chunk = {k: _owned(v) for k, v in chunk.items()}
-                length = chunk_length(chunk)
-                self._check_spec(chunk)
-            except ValueError as e:
+            if not refusal:
+                try:
+                    chunk = {k: _owned(v) for k, v in chunk.items()}
+                    length = chunk_length(chunk)
+                    self._check_spec(chunk)
+                except ValueError as e:
+                    refusal = f"bad_chunk: {e}"
+            if refusal:
                 if raise_errors:
-                    raise
-                results.append(str(e))
+                    self.owners.discard()
+                    raise ValueError(refusal)
+                results.append(refusal)
                 continue
             batch_keys.add(key)
+            self.owners.claim(key[0], owner)
+            newest[key[0]] = max(key[1], newest.get(key[0], key[1]))
             accepted.append((key, chunk, length))
             results.append(True)
         if not accepted:
+            self.owners.discard()  # a stream is bound by its first stored chunk
             return results
+        self.owners.commit()  # the binding is on disk before the chunks that made it
         first = self._next_index
         file_id = first if self.directory is not None else -1
         if self.directory is not None:
@@ -289,6 +324,11 @@ class Replay:
             self._counts["added"] += 1
         self._evict()
         return results
+
+    def rebind(self, stream: str, key: str) -> str | None:
+        """Give ``stream`` to the robot key ``key`` on purpose (a replaced robot computer);
+        returns the key that owned it (None: nobody). Written to disk before it returns."""
+        return self.owners.rebind(str(stream), key)
 
     def ready(self, length: int) -> bool:
         """True when at least one sequence of ``length`` steps can be sampled."""
@@ -325,6 +365,7 @@ class Replay:
             "streams": len(self._segments),
             "segments": sum(len(s) for s in self._segments.values()),
             "capacity": self.capacity,
+            "bound_streams": len(self.owners),
             **self._counts,
         }
 
@@ -387,6 +428,7 @@ class Replay:
             self._file_of[key] = file_id
             self._file_refs[file_id] = self._file_refs.get(file_id, 0) + 1
         self._order.append(key)
+        self._newest_seq[stream] = max(seq, self._newest_seq.get(stream, seq))
         self._next_index = max(self._next_index, index + 1)
         self._num_steps += length
         segs = self._segments.setdefault(stream, [])
@@ -453,6 +495,8 @@ class Replay:
     def _reload(self) -> None:
         assert self.directory is not None
         self.warnings = []
+        for message in self.owners.warnings:
+            self._warn(message)
         for tmp in self.directory.glob(f"{TMP_PREFIX}*{_SUFFIX}*{TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)  # a write that never reached its rename
         headerless = []
@@ -539,6 +583,23 @@ class Replay:
                 f"{path} holds {found} records as expected but not the ones its header names "
                 "(replaced or reordered); they are kept"
             )
+
+
+def _seq_refusal(key: Key, newest: int | None) -> str:
+    """'' if the sequence number of ``key`` is plausible after ``newest`` (the highest its
+    stream has stored; None: a new stream), else the refusal (bad_seq, seq_ahead)."""
+    stream, seq = key
+    if seq < 0:
+        return f"bad_seq: seq {seq} of stream {stream!r} is negative (they count from 0)"
+    if seq > MAX_SEQ:
+        return f"bad_seq: seq {seq} of stream {stream!r} is beyond 2**63 - 1"
+    if newest is not None and seq - newest > MAX_SEQ_AHEAD:
+        return (
+            f"seq_ahead: seq {seq} of stream {stream!r} is {seq - newest} past its newest "
+            f"stored chunk {newest} (at most {MAX_SEQ_AHEAD}: chunks are numbered "
+            f"consecutively, see docs/PROTOCOL.md)"
+        )
+    return ""
 
 
 def _owned(value) -> np.ndarray:

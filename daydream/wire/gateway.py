@@ -2,13 +2,20 @@
 
 For every chunk a robot sends, the gateway
   1. decodes it (``codec``; a bad message is counted by reason and answered with ``error``),
-  2. validates it against the declared step spaces when given (wrong keys, shapes or
-     dtypes -> ``nack``, counted as ``bad_chunk``),
-  3. hands it to the replay (``daydream.replay.remote.RemoteReplay``, whose adds are
-     pipelined, or an in-process ``ReplayService``),
+  2. validates it against the declared record spaces when given (wrong keys, shapes or
+     dtypes: ``bad_chunk``), then its values (``codec.check_chunk_values``: ``non_finite``,
+     ``not_boolean``, ``out_of_bounds``, ``bad_one_hot``; without spaces only the first
+     two, which need none),
+  3. hands it to the replay with the sender's CURVE key (``daydream.replay.remote.RemoteReplay``,
+     whose adds are pipelined, or an in-process ``ReplayService``); the replay refuses a
+     stream owned by another key (``stream_owned``) and implausible sequence numbers
+     (``bad_seq``, ``seq_ahead``),
   4. acknowledges it ONLY once the replay has answered True (stored, on disk) or False (a
      duplicate it already holds). If the replay call fails, nothing is acknowledged and
      the robot's outbox sends the chunk again.
+A refused chunk is answered with a ``nack`` (permanent: the robot drops it) whose reason is
+``"<reason>: <detail>"``, and counted as ``rejected_<reason>`` in ``stats()`` (the learner
+shows these in its metrics and progress line).
 Every ack and weights announcement also carries ``behind``: how many environment steps the
 learner is behind its training ratio (``set_pace``), so that simulated robots can wait for
 it (real robots never do).
@@ -38,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daydream.wire.codec import encode
+from daydream.wire.codec import check_chunk_values, encode
 from daydream.wire.transport import TransportOptions, TransportServer
 
 log = logging.getLogger(__name__)
@@ -67,7 +74,8 @@ class Gateway:
         self.replay = replay
         # a replay elsewhere (daydream.replay.remote.RemoteReplay) pipelines its adds itself
         self._sink = replay if hasattr(replay, "submit") else InlineSink(replay)
-        self.spaces = (
+        self.spaces = dict(spaces) if spaces else None  # record spaces (bounds, discrete)
+        self._layout = (
             {k: (np.dtype(s.dtype), tuple(s.shape)) for k, s in spaces.items()} if spaces else None
         )
         self.max_batch = int(max_batch)
@@ -82,8 +90,9 @@ class Gateway:
         self._behind = 0  # environment steps the learner is behind train.ratio (set_pace)
         self._peers: dict[bytes, float] = {}
         self._reports: deque = deque(maxlen=MAX_REPORTS)  # heartbeat reports for the learner
-        self._in_flight: list = []  # (ref, [(peer, actor, seq)])
-        self._pending: list = []  # chunks received, not yet handed to the replay
+        self._in_flight: list = []  # (ticket, [(peer, actor, seq)])
+        self._pending: list = []  # (peer, actor, seq, data, key) received, not yet handed on
+        self.last_refusal = ""  # the reason of the newest nack, for the learner's log
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -119,6 +128,7 @@ class Gateway:
         return {
             **dict(self.counts),
             **rejected,
+            "last_refusal": self.last_refusal,
             "dropped_sends": self.server.dropped_sends,
             "weights_version": self._weights_version,
             "peers": len(self._peers),
@@ -157,12 +167,12 @@ class Gateway:
             timeout_ms = min(timeout_ms, 1)
         messages = self.server.recv(timeout_ms, max_messages=4 * self.max_batch)
         now = time.monotonic()
-        batch: list[tuple[bytes, str, int, dict]] = []
-        for peer, msg in messages:
+        batch: list[tuple[bytes, str, int, dict, str | None]] = []
+        for peer, msg, key in messages:
             self._peers[peer] = now
             kind = msg["type"]
             if kind == "chunk":
-                self._accept_chunk(peer, msg, batch)
+                self._accept_chunk(peer, key, msg, batch)
             elif kind in ("hello", "heartbeat"):
                 self._note_report(msg)
                 self.server.send(peer, self._weights_info())
@@ -208,33 +218,47 @@ class Gateway:
             reports, self._reports = list(self._reports), deque(maxlen=MAX_REPORTS)
         return reports
 
-    def _accept_chunk(self, peer: bytes, msg: dict, batch: list) -> None:
+    def _accept_chunk(self, peer: bytes, key: str | None, msg: dict, batch: list) -> None:
         self.counts["chunks_received"] += 1
-        problem = self._validate(msg["data"])
+        data = msg["data"]
+        problem = self._validate(data) or check_chunk_values(data, self.spaces or {})
         if problem:
-            self.server.rejected["bad_chunk"] += 1
-            self.server.send(peer, {"type": "nack", "seqs": [msg["seq"]], "reason": problem})
+            self._nack(peer, msg["actor"], [msg["seq"]], problem)
             return
-        batch.append((peer, msg["actor"], msg["seq"], msg["data"]))
+        batch.append((peer, msg["actor"], msg["seq"], data, key))
 
     def _validate(self, data: dict[str, np.ndarray]) -> str:
+        """'' or ``"bad_chunk: <what differs>"`` (time axis, keys, dtypes, shapes)."""
         lengths = {v.shape[0] if v.ndim else 0 for v in data.values()}
         if len(lengths) != 1 or 0 in lengths:
-            return "arrays need one shared leading time axis T >= 1"
-        if self.spaces is None:
+            return "bad_chunk: arrays need one shared leading time axis T >= 1"
+        if self._layout is None:
             return ""
-        if data.keys() != self.spaces.keys():
-            return f"keys {sorted(data)} differ from the declared {sorted(self.spaces)}"
-        for k, (dtype, shape) in self.spaces.items():
+        if data.keys() != self._layout.keys():
+            return f"bad_chunk: keys {sorted(data)} differ from the declared {sorted(self._layout)}"
+        for k, (dtype, shape) in self._layout.items():
             if data[k].dtype != dtype or data[k].shape[1:] != shape:
-                return f"{k}: {data[k].dtype}{data[k].shape[1:]} differs from {dtype}{shape}"
+                return (
+                    f"bad_chunk: {k}: {data[k].dtype}{data[k].shape[1:]} differs from "
+                    f"{dtype}{shape}"
+                )
         return ""
+
+    def _nack(self, peer: bytes, actor: str, seqs: list[int], reason: str) -> None:
+        """Refuse ``seqs`` for good: counted as ``rejected_<reason>``, the robot drops them."""
+        code = reason.split(":", 1)[0]
+        self.server.rejected[code if code.isidentifier() else "replay_refused"] += len(seqs)
+        self.counts["nacks_sent"] += 1
+        self.last_refusal = f"{actor}: {reason}"[:200]
+        self.server.send(
+            peer, {"type": "nack", "actor": actor, "seqs": seqs, "reason": reason[:200]}
+        )
 
     # ------------------------------------------------------------ replay
 
-    def _submit(self, batch: list[tuple[bytes, str, int, dict]]) -> None:
-        items = [(f"{actor}", seq, data) for _, actor, seq, data in batch]
-        meta = [(peer, actor, seq) for peer, actor, seq, _ in batch]
+    def _submit(self, batch: list[tuple[bytes, str, int, dict, str | None]]) -> None:
+        items = [(f"{actor}", seq, data, key) for _, actor, seq, data, key in batch]
+        meta = [(peer, actor, seq) for peer, actor, seq, _, _ in batch]
         self._in_flight.append((self._sink.submit(items), meta))
 
     def _collect(self, block: bool = False, timeout: float | None = None) -> None:
@@ -264,23 +288,20 @@ class Gateway:
 
     def _acknowledge(self, meta: list[tuple[bytes, str, int]], results: list) -> None:
         acks: dict[tuple[bytes, str], list[int]] = defaultdict(list)
-        nacks: dict[tuple[bytes, str], list[tuple[int, str]]] = defaultdict(list)
+        nacks: dict[tuple[bytes, str, str], list[int]] = defaultdict(list)
         for (peer, actor, seq), result in zip(meta, results, strict=True):
             if result is True or result is False:
                 self.counts["chunks_added" if result else "chunks_duplicate"] += 1
                 acks[(peer, actor)].append(seq)
-            else:
-                self.server.rejected["replay_refused"] += 1
-                nacks[(peer, actor)].append((seq, str(result)))
+            else:  # refused by the replay, "<reason>: <detail>"
+                nacks[(peer, actor, str(result))].append(seq)
         for (peer, actor), seqs in acks.items():
             self.counts["acks_sent"] += len(seqs)
             self.server.send(
                 peer, {"type": "ack", "actor": actor, "seqs": seqs, "behind": self._behind}
             )
-        for (peer, _), items in nacks.items():
-            self.server.send(
-                peer, {"type": "nack", "seqs": [s for s, _ in items], "reason": items[0][1][:200]}
-            )
+        for (peer, actor, reason), seqs in nacks.items():
+            self._nack(peer, actor, seqs, reason)
 
     # ------------------------------------------------------------ weights
 

@@ -12,7 +12,12 @@
   spilled chunks are dropped with a warning (the only way data is ever lost here).
 - ``allocate_seq`` hands out sequence numbers that stay unique across restarts of the
   actor (a reservation is written to the directory every ``SEQ_BLOCK`` numbers), because
-  the replay treats a repeated (actor id, seq) as a duplicate.
+  the replay treats a repeated (actor id, seq) as a duplicate. A restarted actor goes on
+  at most SEQ_BLOCK + 1 past its last number; the replay refuses numbers implausibly far
+  ahead (``replay.store.MAX_SEQ_AHEAD``, 1000 blocks).
+- A ``nack`` is final: the chunks it names are dropped (memory and disk), never sent again,
+  counted by reason (``stats()["nack_reasons"]``) and said in a warning that tells what to
+  do about that reason (the first of each reason, then every ``NACK_WARN_EVERY``-th).
 
 Plain class, single-threaded (call it from the thread that owns the TransportClient).
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +36,18 @@ log = logging.getLogger(__name__)
 
 SEQ_BLOCK = 1000
 _SUFFIX = ".msg"
+NACK_WARN_EVERY = 100  # nacked chunks between two warnings of one reason
+# What a person can do about each reason the gateway refuses a chunk for (docs/PROTOCOL.md).
+NACK_ADVICE = {
+    "bad_chunk": "check that the robot's spaces match the learner's config",
+    "non_finite": "the robot's data holds NaN or infinity: check its sensors and driver",
+    "not_boolean": "an episode flag or intervention is not 0/1: check the driver",
+    "out_of_bounds": "an executed action lies outside the action space: check the limits",
+    "bad_one_hot": "a discrete action is not one-hot: check the driver",
+    "stream_owned": "another robot's key owns this stream: give this robot its own --id",
+    "bad_seq": "a sequence number is negative or too large: check the outbox directory",
+    "seq_ahead": "a sequence number jumped far ahead: check the outbox directory",
+}
 
 
 class Outbox:
@@ -56,6 +74,7 @@ class Outbox:
         self._next_seq = 0
         self._reserved = 0
         self.counts = {"sent": 0, "resent": 0, "acked": 0, "spilled": 0, "dropped": 0, "nacked": 0}
+        self.nack_reasons: Counter = Counter()  # nacked chunks by the gateway's reason
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._reload()
@@ -119,17 +138,28 @@ class Outbox:
         self._refill()
 
     def nack(self, seqs: list[int], reason: str) -> None:
-        """The gateway refused these for good (e.g. wrong observation space): drop them."""
-        log.warning(
-            "gateway refused chunks %s (%s); they are dropped. Check that the robot's spaces "
-            "match the learner's config", seqs[:5], reason
-        )  # fmt: skip
+        """The gateway refused these for good (e.g. NaN in a reward, wrong observation space):
+        drop them, count them by reason, say so."""
+        dropped = []
         for seq in seqs:
-            if self._memory.pop(seq, None) is not None or seq in self._spilled:
-                if seq in self._spilled:
-                    self._unspill(seq)
-                self.counts["nacked"] += 1
+            if self._memory.pop(seq, None) is not None:
+                dropped.append(seq)
+            elif seq in self._spilled:
+                self._unspill(seq)
+                dropped.append(seq)
         self._refill()
+        if not dropped:
+            return  # already acknowledged or dropped: nothing held, nothing to say
+        code = reason.split(":", 1)[0]
+        before = self.nack_reasons[code]
+        self.counts["nacked"] += len(dropped)
+        self.nack_reasons[code] += len(dropped)
+        if before == 0 or before // NACK_WARN_EVERY != self.nack_reasons[code] // NACK_WARN_EVERY:
+            log.warning(
+                "the gateway refused chunks %s for good (%s); they are dropped, %d refused for "
+                "%s so far: %s", dropped[:5], reason, self.nack_reasons[code], code,
+                NACK_ADVICE.get(code, "see docs/PROTOCOL.md"),
+            )  # fmt: skip
 
     def handle(self, msg: dict) -> bool:
         """Apply an ack/nack message from ``TransportClient.poll``; True if it was one."""
@@ -153,6 +183,7 @@ class Outbox:
             "on_disk": len(self._spilled),
             "disk_bytes": self._disk_bytes,
             **self.counts,
+            "nack_reasons": dict(self.nack_reasons),
         }
 
     # ------------------------------------------------------------ disk

@@ -26,6 +26,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -81,11 +82,30 @@ class TransportOptions:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.reconnect_ivl_max_ms)
 
 
+class Received(NamedTuple):
+    """One decoded message and who sent it."""
+
+    peer: bytes  # the ROUTER's routing id of the connection (answers go to it)
+    msg: dict
+    key: str | None  # the sender's CURVE public key as Z85 text (ZAP User-Id); None: no CURVE
+
+
+def sender_key(frame: zmq.Frame) -> str | None:
+    """The CURVE public key (Z85) the ZAP handler authenticated for ``frame``'s connection;
+    None without CURVE (no ZAP handler: the property does not exist)."""
+    try:
+        key = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    return key or None
+
+
 class TransportServer:
     """Owns the workstation's ROUTER socket (and its CURVE authenticator).
 
-    ``recv`` returns decoded messages with the sender's routing id; messages that fail to
-    decode are counted in ``rejected`` by reason and answered with an ``error`` message.
+    ``recv`` returns decoded messages with the sender's routing id and CURVE key
+    (``Received``); messages that fail to decode are counted in ``rejected`` by reason and
+    answered with an ``error`` message.
     """
 
     def __init__(
@@ -124,9 +144,10 @@ class TransportServer:
             raise
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def recv(self, timeout_ms: int = 0, max_messages: int = 256) -> list[tuple[bytes, dict]]:
-        """Decoded messages ``(peer, msg)`` that arrive within ``timeout_ms`` (at most max)."""
-        out: list[tuple[bytes, dict]] = []
+    def recv(self, timeout_ms: int = 0, max_messages: int = 256) -> list[Received]:
+        """Decoded messages ``(peer, msg, key)`` that arrive within ``timeout_ms`` (at most
+        max)."""
+        out: list[Received] = []
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
             return out
         while len(out) < max_messages:
@@ -139,7 +160,8 @@ class TransportServer:
                 self._reject(peer, CodecError("malformed", f"{len(frames) - 1} frames, expected 1"))
                 continue
             try:
-                out.append((peer, decode(frames[1].buffer, self.options.max_message_bytes)))
+                msg = decode(frames[1].buffer, self.options.max_message_bytes)
+                out.append(Received(peer, msg, sender_key(frames[1])))
             except CodecError as e:
                 self._reject(peer, e)
         return out
