@@ -2,9 +2,14 @@
 
     daydream learner --config configs/sim_ur5_pick.yaml --bind tcp://*:5555 --logdir logdir/ur5
     daydream learner ... --ray-address auto          # join a running Ray cluster
+    daydream learner ... --rebind ur5-0=keys/ur5-new.key   # a replaced robot keeps its stream
 
 Robots connect with ``daydream actor --learner tcp://WORKSTATION:5555``. Rerun the same
 command to resume from the checkpoint and the replay files in the logdir.
+
+Exit statuses a service manager must not restart on: 2 (arguments, config, keys), 4
+(``EXIT_NONFINITE``: training kept going non-finite), 5 (``EXIT_CHECKPOINT``: no checkpoint
+in the logdir can be loaded).
 """
 
 from __future__ import annotations
@@ -24,12 +29,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ray-address", help="address of a running Ray cluster (default: start one locally)"
     )
+    parser.add_argument(
+        "--rebind", action="append", default=[], metavar="STREAM=KEYFILE",
+        help="give an actor stream to the robot whose public key is in KEYFILE (its NAME.key), "
+        "e.g. after replacing its computer (repeatable; see docs/PROTOCOL.md)",
+    )  # fmt: skip
+
+
+def parse_rebind(items: list[str]) -> dict[str, str]:
+    """``STREAM=KEYFILE`` arguments as stream -> public key (Z85 text); KeyFileError or
+    ValueError with one line naming the bad one."""
+    from daydream.wire.curve import load_keypair
+
+    out = {}
+    for item in items:
+        stream, sep, path = item.partition("=")
+        if not sep or not stream or not path:
+            raise ValueError(f"--rebind {item!r}: expected STREAM=KEYFILE (a robot's NAME.key)")
+        out[stream] = load_keypair(path)[0].decode("ascii")
+    return out
 
 
 def main(args: argparse.Namespace) -> int:
     from daydream.cli.common import (
         EXIT_USAGE,
         build_config,
+        fail,
         start_ray,
         stop_on_signals,
         stop_ray,
@@ -38,24 +63,41 @@ def main(args: argparse.Namespace) -> int:
 
     config = build_config(args, "learner")
 
-    from daydream.runtime.learner import start_learner
+    from daydream.agent.checkpoint import CheckpointError
+    from daydream.runtime.learner import (
+        EXIT_CHECKPOINT,
+        EXIT_NONFINITE,
+        NonFiniteTraining,
+        start_learner,
+    )
     from daydream.wire.curve import KeyFileError
 
+    try:
+        rebind = parse_rebind(args.rebind)
+    except (KeyFileError, ValueError) as e:
+        fail("learner", str(e))
     write_run_config(config)
     start_ray(config, args.ray_address)
     try:
         try:
-            learner = start_learner(config, bind=args.bind)
+            learner = start_learner(config, bind=args.bind, rebind=rebind)
         except KeyFileError as e:
             print(f"daydream learner: {e}", file=sys.stderr)
             return EXIT_USAGE
+        except CheckpointError as e:
+            print(f"daydream learner: {e}", file=sys.stderr, flush=True)
+            return EXIT_CHECKPOINT
         stop_on_signals(learner.stop)
         print(
             f"daydream learner: {config.algo} for {config.robot.name}, gateway on "
             f"{learner.endpoint}, device {learner.agent.device}, logdir {config.logdir}",
             flush=True,
         )
-        counters = learner.run()
+        try:
+            counters = learner.run()
+        except NonFiniteTraining as e:
+            print(f"daydream learner: stopped: {e}", file=sys.stderr, flush=True)
+            return EXIT_NONFINITE
         print(
             f"learner stopped: {counters['env_steps']} environment steps, "
             f"{counters['updates']} updates; checkpoint in {config.logdir}",

@@ -115,7 +115,13 @@ def main(args: argparse.Namespace) -> int:
         fail("run", "--actors must be at least 1")
     config = build_config(args, "run", [f"robot.name={args.robot}"] if args.robot else [])
 
-    from daydream.runtime.learner import start_learner
+    from daydream.agent.checkpoint import CheckpointError
+    from daydream.runtime.learner import (
+        EXIT_CHECKPOINT,
+        EXIT_NONFINITE,
+        NonFiniteTraining,
+        start_learner,
+    )
     from daydream.wire.curve import SERVER_NAME, create_keys, key_directory
 
     logdir = Path(config.logdir).resolve()
@@ -132,6 +138,7 @@ def main(args: argparse.Namespace) -> int:
     procs: list[tuple[subprocess.Popen, Path]] = []
     done = threading.Event()
     learner = None
+    status = 0
     try:
         learner = start_learner(config, bind=args.bind)
         stop_on_signals(learner.stop)
@@ -151,16 +158,23 @@ def main(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("daydream run: interrupted again; stopping now", flush=True)
+    except CheckpointError as e:
+        print(f"daydream run: {e}", file=sys.stderr, flush=True)
+        status = EXIT_CHECKPOINT
+    except NonFiniteTraining as e:
+        print(f"daydream run: stopped: {e}", file=sys.stderr, flush=True)
+        status = EXIT_NONFINITE
     finally:
         done.set()
         stop_processes([p for p, _ in procs], config.actor.shutdown_grace_s + 10.0)
         if learner is not None:
             learner.close()
-            print(f"checkpoint in {logdir}; rerun the same command to resume", flush=True)
+            if not status:
+                print(f"checkpoint in {logdir}; rerun the same command to resume", flush=True)
         stop_ray()
-    if learner is not None and not args.no_report:
+    if learner is not None and not args.no_report and not status:
         _report(logdir)
-    return 0
+    return status
 
 
 def _report(logdir: Path) -> None:
