@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,3 +287,20 @@ def test_without_curve_there_is_no_key_and_nothing_is_bound(tmp_path):
         assert not (tmp_path / "replay" / OWNERS_FILE).exists()
     finally:
         gw.stop()
+
+
+def test_the_learner_s_rebind_option_reads_the_new_robot_s_public_key_file(key_dir, tmp_path):
+    from daydream.cli.learner import parse_rebind
+
+    new_key = key_dir / "robot-b.key"
+    assert parse_rebind([f"ur5-0={new_key}"]) == {"ur5-0": public_key(key_dir, "robot-b")}
+    repo = Path(__file__).resolve().parents[1]
+    missing = tmp_path / "missing.key"
+    for bad, said in (("ur5-0", "STREAM=KEYFILE"), (f"ur5-0={missing}", str(missing))):
+        result = subprocess.run(
+            [sys.executable, "-m", "daydream", "learner", "--config", "configs/pendulum.yaml",
+             "--logdir", str(tmp_path), "--rebind", bad],
+            capture_output=True, text=True, timeout=120, cwd=repo,
+        )  # fmt: skip
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("daydream learner: ") and said in result.stderr
