@@ -1,11 +1,12 @@
 """ZeroMQ transport: robot DEALER <-> workstation ROUTER, one TCP port for everything.
 
-Messages (see ``codec.MESSAGE_FIELDS``)::
+Messages (see ``codec.MESSAGE_FIELDS``; the whole protocol, for clients in other languages,
+is docs/PROTOCOL.md)::
 
     robot (TransportClient)                          workstation (TransportServer, in the gateway)
     hello / heartbeat {actor}               ──▶      answered by weights_info {version}
     chunk {actor, seq, data}                ──▶      ack {actor, seqs} once the replay holds it
-                                            ◀──      nack {seqs, reason} if refused for good
+                                            ◀──      nack {actor, seqs, reason} if refused for good
     weights_request {version: have}         ──▶      weights {version, params} if newer, else
                                                      weights_info {version}
                                             ◀──      weights_info {version} when new weights appear
@@ -16,8 +17,10 @@ outbox) keeps the chunk and sends it again later. ZMTP heartbeats notice a dead 
 DEALER reconnects by itself with backoff; LINGER 0 so closing never waits.
 
 CURVE is on by default: the server uses its secret key and admits only clients whose
-public key is in the allow-list directory (see ``daydream.wire.curve``). Any socket served by
-this module is closed by ``close()``; both classes are context managers.
+public key is in the allow-list directory (see ``daydream.wire.curve``); every message it
+receives carries the sender's public key (``Received.key``, ZeroMQ's ZAP ``User-Id``), which
+the replay binds streams to. Any socket served by this module is closed by ``close()``;
+both classes are context managers.
 """
 
 from __future__ import annotations
