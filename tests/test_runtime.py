@@ -30,6 +30,9 @@ TINY = [
     "learner.publish_every_s=0.5", "learner.log_every_s=2", "learner.checkpoint_every_s=2",
     "actor.chunk_length=8", "actor.period_s=0.01", "actor.status_every_s=0.5",
     "transport.resend_after_s=2", "transport.heartbeat_timeout_ms=2000",
+    # these tests hold the simulated robot to a real robot's rule: it never waits for the
+    # learner (holding the ratio is tested in test_robot_contract.py)
+    "actor.sim_max_lag_steps=0",
 ]
 
 
