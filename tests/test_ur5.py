@@ -147,6 +147,40 @@ def test_reach_reward_is_minus_the_distance_to_the_target(reach):
     assert distance < before
 
 
+def target_pixels(image: np.ndarray) -> np.ndarray:
+    """(row, column) of the pixels drawn in the reach target's orange."""
+    orange = np.abs(image.astype(int) - (255, 140, 0)).max(-1) <= 40
+    return np.argwhere(orange)
+
+
+def test_the_reach_target_is_drawn_in_the_camera_image_where_it_is(reach):
+    obs = reach.reset()
+    scene = reach.cell.scene
+    drawn = target_pixels(obs["image"])
+    assert len(drawn) >= 9, "the target should be a visible disc at 64x64"
+    column, row = scene._pixel(*obs["target"][:2])
+    assert np.abs(drawn.mean(0) - (row, column)).max() <= 1.0
+    # another target, away from the cubes (first bin) and the gripper (home): the disc moves
+    reach.task.target = np.array([0.52, 0.18, 0.10])
+    image = reach.camera.read()
+    column, row = scene._pixel(0.52, 0.18)
+    assert np.abs(target_pixels(image).mean(0) - (row, column)).max() <= 1.0
+    assert not np.array_equal(image, obs["image"])
+
+
+def test_a_higher_reach_target_looks_bigger_as_the_gripper_does(reach):
+    reach.reset()
+    sizes = []
+    for z in (0.03, 0.15, 0.30):
+        reach.task.target = np.array([0.42, 0.15, z])
+        sizes.append(len(target_pixels(reach.camera.read())))
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_pick_and_place_images_show_no_target(pick):
+    assert len(target_pixels(pick.reset()["image"])) == 0
+
+
 # ---------------------------------------------------------------- limits
 def moves(robot) -> np.ndarray:
     return np.array([c[1] for c in robot.cell.controller.commands if c[0] == "moveL"])

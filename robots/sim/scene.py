@@ -6,6 +6,10 @@ Pure state and geometry, no sockets and no timing: the simulated controller
 draws a top-down camera image with OpenCV for the driver's ``image`` key.
 
 Frame: the robot base frame, metres, z up, the table top at z = 0.
+The camera looks straight down: higher things look bigger (the gripper ring, the cubes).
+The reach task's target, when the scene is given one, is a filled orange disc drawn as
+the gripper ring would be at the target's height (same centre, same radius), so the TCP
+is on the target when the ring frames the disc exactly.
 A cube is grasped when the gripper closes with its TCP within ``grasp_radius``
 of the cube's centre horizontally and within ``grasp_height`` vertically; a
 released cube falls straight down and rests on whatever is below it (a bin
@@ -14,6 +18,7 @@ floor or the table).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -27,6 +32,7 @@ _OBJECT_COLOURS = ((230, 40, 40), (40, 200, 60), (240, 220, 40), (200, 60, 220),
 _GRIPPER_OPEN = (250, 250, 250)
 _GRIPPER_CLOSED = (20, 20, 20)
 _TARGET = (255, 140, 0)
+_SUBPIXEL_BITS = 4  # cv2 drawing: coordinates in 1/16 px
 
 
 @dataclass
@@ -60,6 +66,7 @@ class Scene:
         grasp_height: float = 0.03,
         image_size: tuple[int, int] = (64, 64),
         seed: int = 0,
+        target: Callable[[], np.ndarray] | None = None,
     ) -> None:
         self.bins = [Bin(*map(float, b)) for b in bins]
         self.table_low = np.asarray(table_low, np.float64)
@@ -71,7 +78,7 @@ class Scene:
         self.tcp = np.array([0.46, 0.0, 0.3])
         self.closed = False
         self.held: int | None = None
-        self.target: np.ndarray | None = None  # reach task: drawn as a marker when set
+        self.target = target  # reach task: where the target is, asked at every render
         self.objects = np.zeros((objects, 3))
         for i in range(objects):
             self.objects[i] = self._random_spot(self.bins[0])
@@ -123,15 +130,28 @@ class Scene:
                 self.objects[i] = self._random_spot(self.bins[self.rng.integers(len(self.bins))])
 
     # ------------------------------------------------------------ camera
-    def _pixel(self, x: float, y: float) -> tuple[int, int]:
-        """Top-down camera: image rows follow -x (far side at the top), columns follow y."""
+    def _image_point(self, x: float, y: float) -> tuple[float, float]:
+        """Top-down camera: image rows follow -x (far side at the top), columns follow y;
+        (column, row) in pixels, not rounded."""
         h, w = self._size
         u = (y - self.table_low[1]) / (self.table_high[1] - self.table_low[1]) * (w - 1)
         v = (self.table_high[0] - x) / (self.table_high[0] - self.table_low[0]) * (h - 1)
+        return float(u), float(v)
+
+    def _pixel(self, x: float, y: float) -> tuple[int, int]:
+        u, v = self._image_point(x, y)
         return int(round(u)), int(round(v))
 
     def _metres_to_pixels(self, d: float) -> float:
         return d / (self.table_high[1] - self.table_low[1]) * (self._size[1] - 1)
+
+    def _half_cube(self) -> float:
+        """Half a cube's edge in pixels, at least 1.5 so that a cube is 3 px at 64x64."""
+        return max(1.5, self._metres_to_pixels(self.object_size) / 2)
+
+    def _ring_radius(self, z: float) -> float:
+        """Pixels: the gripper ring's radius with the TCP at height ``z`` (bigger higher up)."""
+        return self._half_cube() * (1.2 + z * 4.0)
 
     def _draw_background(self) -> np.ndarray:
         h, w = self._size
@@ -145,9 +165,10 @@ class Scene:
         return img
 
     def render(self) -> np.ndarray:
-        """An (H, W, 3) uint8 RGB top-down image: bins, cubes (>= 3 px), the gripper."""
+        """An (H, W, 3) uint8 RGB top-down image: bins, cubes (>= 3 px), the reach target
+        (when given), the gripper."""
         img = self._background.copy()
-        half = max(1.5, self._metres_to_pixels(self.object_size) / 2)
+        half = self._half_cube()
         for i, obj in enumerate(self.objects):
             u, v = self._pixel(obj[0], obj[1])
             # Higher things look bigger, as seen by a camera above the table.
@@ -155,10 +176,18 @@ class Scene:
             colour = _OBJECT_COLOURS[i % len(_OBJECT_COLOURS)]
             cv2.rectangle(img, (int(u - s), int(v - s)), (int(u + s), int(v + s)), colour, -1)
         if self.target is not None:
-            u, v = self._pixel(self.target[0], self.target[1])
-            cv2.drawMarker(img, (u, v), _TARGET, cv2.MARKER_CROSS, max(3, int(half * 2)), 1)
+            self._draw_target(img, np.asarray(self.target(), np.float64))
         u, v = self._pixel(self.tcp[0], self.tcp[1])
-        radius = max(2, int(round(half * (1.2 + self.tcp[2] * 4.0))))
+        radius = max(2, int(round(self._ring_radius(self.tcp[2]))))
         colour = _GRIPPER_CLOSED if self.closed else _GRIPPER_OPEN
         cv2.circle(img, (u, v), radius, colour, 1)
         return img
+
+    def _draw_target(self, img: np.ndarray, target: np.ndarray) -> None:
+        """A filled, anti-aliased disc at sub-pixel precision (1/16 px): its size tells the
+        target's height, its edge shading the fraction of a pixel."""
+        u, v = self._image_point(target[0], target[1])
+        radius = max(1.5, self._ring_radius(target[2]))
+        scale = 1 << _SUBPIXEL_BITS
+        centre, size = (int(round(u * scale)), int(round(v * scale))), int(round(radius * scale))
+        cv2.circle(img, centre, size, _TARGET, -1, cv2.LINE_AA, _SUBPIXEL_BITS)

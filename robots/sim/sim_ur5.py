@@ -403,14 +403,18 @@ def make_sim_ur5(config: Any) -> Any:
 
     The returned robot has a ``cell`` attribute (scene, controller, gripper server) for
     tests and benchmarks; its disconnect() also shuts the simulated gripper server down.
+    The reach task's target is drawn in the camera image (the scene asks the task where it
+    is at every frame), so reaching can be learnt from pixels. Everything random in the cell
+    (the cubes, the reach targets) follows ``config.seed``.
     """
     from robots.gripper import RobotiqGripper
     from robots.sim.gripper_server import SimGripperServer
-    from robots.tasks import make_ur5_task
+    from robots.tasks import ReachTask, make_ur5_task
     from robots.ur5 import UR5, _plain
 
     cfg, sim = _plain(config.ur5), _plain(config.sim_ur5)
     seed = int(config.seed)
+    task = make_ur5_task(cfg, seed)
     scene = Scene(
         bins=cfg["bins"],
         table_low=cfg["workspace"]["low"][:2],
@@ -421,6 +425,7 @@ def make_sim_ur5(config: Any) -> Any:
         grasp_height=sim["grasp_height"],
         image_size=tuple(cfg["camera"]["size"]),
         seed=seed,
+        target=(lambda: task.target) if isinstance(task, ReachTask) else None,
     )
     controller = SimUR5Controller(
         scene, sim["tcp_offset"], enforce_watchdog=sim["enforce_watchdog"]
@@ -431,7 +436,7 @@ def make_sim_ur5(config: Any) -> Any:
 
     robot = UR5(
         cfg,
-        make_ur5_task(cfg, seed),
+        task,
         control=lambda: SimRTDEControl(controller),
         receive=lambda: SimRTDEReceive(controller),
         gripper=lambda: RobotiqGripper(
