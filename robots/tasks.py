@@ -16,6 +16,12 @@ UR5 cell tasks (``ur5.task``):
   release over the other bin.
 
 Quadruped task ``walk`` (DayDreamer's A1), see :class:`WalkTask`.
+
+Every task says how its episode went, beside the return: ``episode_info()`` gives figures
+of the episode since ``begin()`` (the driver calls it at reset), for the runtime to log with
+the episode's return and for bench/learn.py to read: reach ``final_distance`` (metres from
+the TCP to the target at the last step), pick_place ``placements`` (releases over the other
+bin, the +10 rewards), walk ``forward_velocity`` (m/s, the mean over the episode's ticks).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class ReachTask:
         self.obs_space = {"target": Space((3,), np.float32)}
         self._rng = np.random.default_rng(seed)
         self.target = np.zeros(3)
+        self.distance = float("nan")  # from the TCP to the target, at the last reward
 
     def seed(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
@@ -79,10 +86,14 @@ class ReachTask:
         return self.reward(cell)
 
     def reward(self, cell: Cell) -> float:
-        return -float(np.linalg.norm(cell.tcp_position() - self.target))
+        self.distance = float(np.linalg.norm(cell.tcp_position() - self.target))
+        return -self.distance
 
     def observe(self) -> dict[str, np.ndarray]:
         return {"target": self.target.astype(np.float32)}
+
+    def episode_info(self) -> dict[str, float]:
+        return {"final_distance": self.distance}
 
 
 class PickPlaceTask:
@@ -99,6 +110,7 @@ class PickPlaceTask:
         self.obs_space: dict[str, Space] = {}
         self._closed = self._holding = False
         self._grasp_bin: int | None = None
+        self.placements = 0  # releases over the other bin this episode
 
     def seed(self, seed: int) -> None:
         pass  # nothing random
@@ -106,6 +118,7 @@ class PickPlaceTask:
     def begin(self, cell: Cell) -> float:
         self._closed = self._holding = False
         self._grasp_bin = None
+        self.placements = 0
         return 0.0
 
     def goal(self, index: int, here: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -164,10 +177,16 @@ class PickPlaceTask:
         where = self._bin_of(here)
         if where is None:
             return 0.0
-        return self.rewards["same_bin"] if where == self._grasp_bin else self.rewards["other_bin"]
+        if where == self._grasp_bin:
+            return self.rewards["same_bin"]
+        self.placements += 1
+        return self.rewards["other_bin"]
 
     def observe(self) -> dict[str, np.ndarray]:
         return {}
+
+    def episode_info(self) -> dict[str, float]:
+        return {"placements": float(self.placements)}
 
 
 def make_ur5_task(cfg: Any, seed: int = 0) -> ReachTask | PickPlaceTask:
@@ -218,6 +237,11 @@ class WalkTask:
         # +1 and -1 reach these distances from the standing pose
         self._up = np.maximum(self.fraction * (self.upper - self.stand_pose), 1e-9)
         self._down = np.maximum(self.fraction * (self.stand_pose - self.lower), 1e-9)
+        self._velocity_sum, self._ticks = 0.0, 0  # forward velocity this episode
+
+    def begin(self) -> None:
+        """A new episode: its figures start from nothing (the driver calls this at reset)."""
+        self._velocity_sum, self._ticks = 0.0, 0
 
     def targets_for(self, action: np.ndarray) -> np.ndarray:
         """Joint targets of an action in [-1, 1] (no limit applied: that is the driver's)."""
@@ -235,9 +259,16 @@ class WalkTask:
 
     def reward(self, imu: np.ndarray, forward_velocity: float) -> float:
         upright = (1.0 + np.cos(imu[0]) * np.cos(imu[1])) / 2.0
-        vx = 0.0 if not np.isfinite(forward_velocity) else forward_velocity
+        vx = 0.0 if not np.isfinite(forward_velocity) else float(forward_velocity)
+        self._velocity_sum += vx
+        self._ticks += 1
         forward = np.clip(vx / self.target_speed, -1.0, 1.0) if self.target_speed > 0 else 0.0
         return float(self.w_upright * upright + self.w_forward * forward)
 
     def fallen(self, imu: np.ndarray) -> bool:
         return float(np.cos(imu[0]) * np.cos(imu[1])) < self.upright_threshold
+
+    def episode_info(self) -> dict[str, float]:
+        """The mean forward velocity (m/s) of the ticks rewarded since begin()."""
+        mean = self._velocity_sum / self._ticks if self._ticks else float("nan")
+        return {"forward_velocity": mean}
