@@ -147,6 +147,16 @@ def test_board_times_out_into_relax_when_commands_stop_and_reset_recovers(robot)
     execute(robot, zero())
 
 
+def test_no_simulated_time_passes_on_a_paused_board_even_relaxed(robot):
+    board, physics = board_of(robot), physics_of(robot)
+    assert board.mode == P.Status.RELAXED  # connected, not yet reset: the physics runs free
+    with robot.paused():
+        before = physics.time
+        time.sleep(0.2)  # ten control periods of wall time
+        assert physics.time == before
+    assert wait_for(lambda: physics.time > before)
+
+
 def test_board_times_out_into_hold_when_so_configured():
     r = make("sim_quadruped.board_timeout_s=0.2", "quadruped.timeout_action=hold")
     with r:

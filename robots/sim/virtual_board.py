@@ -16,6 +16,9 @@ Clock (lock-step while active, real time otherwise):
 - The command timeout is always measured in wall time: if no valid frame arrives for
   longer than the armed timeout while ACTIVE, the board relaxes or holds by itself
   and sets TIMED_OUT until the host sends ENABLE or STAND_UP.
+- While paused (``pause()``, the simulated robot's ``Robot.paused``) no wall time counts:
+  neither the command timeout nor the free-running physics. A host that connects and
+  resets under a pause gets the same physics every time (a seeded gymnasium reset).
 """
 
 from __future__ import annotations
@@ -121,7 +124,8 @@ class VirtualBoard:
         self._thread.start()
 
     def pause(self) -> None:
-        """Suspend the command timeout: the simulation's time stands still for the driver."""
+        """Suspend the command timeout and the free-running physics: the simulation's time
+        stands still for the driver (commands are still answered, TARGETS still step)."""
         with self._state_lock:
             self._paused = True
 
@@ -130,6 +134,7 @@ class VirtualBoard:
         with self._state_lock:
             self._paused = False
             self._last_command = time.monotonic()
+            self._next_free_step = self._last_command + self.control_period
 
     def close(self) -> None:
         """Stop the board thread and close the pty (idempotent)."""
@@ -193,7 +198,7 @@ class VirtualBoard:
             with self._state_lock:
                 if self.mode == P.Status.ACTIVE and self.timeout > 0:
                     wait = min(wait, max(0.0, self._last_command + self.timeout - now))
-                elif self.mode != P.Status.ACTIVE:
+                elif self.mode != P.Status.ACTIVE and not self._paused:
                     wait = min(wait, max(0.0, self._next_free_step - now))
             try:
                 ready, _, _ = select.select([self._master], [], [], wait)
@@ -226,7 +231,7 @@ class VirtualBoard:
                     if self.timeout_action == P.TimeoutAction.HOLD
                     else P.Status.RELAXED
                 )
-            if self.mode != P.Status.ACTIVE and now >= self._next_free_step:
+            if self.mode != P.Status.ACTIVE and not self._paused and now >= self._next_free_step:
                 self.physics.advance(self.control_period)
                 self._next_free_step += self.control_period
                 if self._next_free_step < now:  # fell behind: do not catch up in a burst
