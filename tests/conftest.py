@@ -16,6 +16,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",
             num_cpus=2,
             object_store_memory=200 * 1024 * 1024,
             include_dashboard=False,

@@ -251,3 +251,24 @@ def test_replay_actor_adds_batches_and_samples_through_ray(ray_session, tmp_path
     stats = ray.get(replay.stats.remote())
     assert stats["steps"] == 16 and stats["duplicates"] == 1 and stats["rejected"] == 1
     ray.kill(replay)
+
+
+def test_a_local_ray_start_ignores_another_cluster_on_the_machine(tmp_path):
+    """A stale or foreign cluster address (RAY_ADDRESS, or a killed learner's
+    /tmp/ray/ray_current_cluster) must not turn 'start a local instance' into 'join it'."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from daydream.replay.remote import start_ray, stop_ray\n"
+        "start_ray(num_cpus=1, object_store_mb=80)\n"
+        "import ray; print('cpus', ray.cluster_resources().get('CPU'))\n"
+        "stop_ray()\n"
+    )
+    env = dict(os.environ, RAY_ADDRESS="127.0.0.1:1")
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cpus 1.0" in done.stdout

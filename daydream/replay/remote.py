@@ -29,6 +29,7 @@ def start_ray(address: str | None = None, num_cpus: int = 2, object_store_mb: in
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:
         ray.init(
+            address="local",  # never join a cluster found in RAY_ADDRESS or a stale /tmp/ray file
             num_cpus=num_cpus,
             object_store_memory=object_store_mb << 20,
             include_dashboard=False,
