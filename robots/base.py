@@ -100,6 +100,12 @@ class Robot(abc.ABC):
         """
         return action, []
 
+    def episode_info(self) -> dict[str, float]:
+        """Figures of the episode since the last :meth:`reset`, beside its return (the task's:
+        reach ``final_distance``, pick_place ``placements``, walk ``forward_velocity``), for
+        the runtime to log with the return. The default has none."""
+        return {}
+
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Simulated robots only: inside this block no time passes for the robot (its

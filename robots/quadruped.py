@@ -260,6 +260,9 @@ class Quadruped(Robot):
             notes.append("joint targets kept within the joint limits")
         return {"action": self.task.action_for(limited)}, notes
 
+    def episode_info(self) -> dict[str, float]:
+        return self.task.episode_info()
+
     def step(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Send exactly the targets of ``action`` (already limited by ``limit_command``)."""
         self._require_connected()

@@ -311,6 +311,9 @@ class UR5(Robot):
             self._steps = 0
             return self._observe(self.task.begin(self), True)
 
+    def episode_info(self) -> dict[str, float]:
+        return self.task.episode_info()
+
     def step(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Execute exactly ``action`` (already limited by ``limit_command``)."""
         with self._step_lock:

@@ -202,7 +202,7 @@ def test_chunks_weights_and_every_message_type_still_round_trip():
         {
             "type": "heartbeat",
             "actor": "ur5-0",
-            "episodes": [[-12.5, 200]] * 64,
+            "episodes": [[-12.5, 200, {"final_distance": 0.013, "placements": 2.0}]] * 64,
             "policy_version": 9,
         },  # fmt: skip
         {"type": "ack", "actor": "ur5-0", "seqs": list(range(2**40, 2**40 + 1000))},

@@ -304,3 +304,17 @@ def test_the_learner_s_rebind_option_reads_the_new_robot_s_public_key_file(key_d
         )  # fmt: skip
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.startswith("daydream learner: ") and said in result.stderr
+
+
+def test_reported_episode_figures_are_kept_only_when_named_and_finite():
+    from daydream.wire.gateway import MAX_EPISODE_FIGURES, read_episode
+
+    kept = {"final_distance": 0.01}
+    assert read_episode([-3.5, 50, kept]) == (-3.5, 50, kept)
+    assert read_episode([-3.5, 50]) == (-3.5, 50, {})
+    figures = {"ok": 1.0, "Bad-Name": 2.0, "nan": float("nan"), "flag": True, "x" * 40: 1.0, "step": 9.0}
+    assert read_episode([-1.0, 2, figures]) == (-1.0, 2, {"ok": 1.0})
+    many = {f"f{i}": float(i) for i in range(50)}
+    assert len(read_episode([0.0, 1, many])[2]) == MAX_EPISODE_FIGURES
+    for bad in ([float("inf"), 3], [1.0, 2, [1]], [1.0], "x", [1.0, 2, {}, 4], [True, 2]):
+        assert read_episode(bad) is None

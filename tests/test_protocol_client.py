@@ -196,7 +196,7 @@ def test_a_client_written_from_the_page_streams_chunks_and_receives_weights(gate
         assert weights["version"] == 5 and set(weights["params"]) == set(params)
         for name, value in params.items():
             np.testing.assert_array_equal(weights["params"][name], value)
-        assert gw.pop_reports()[-1]["episodes"] == [(-3.5, 16)]
+        assert gw.pop_reports()[-1]["episodes"] == [(-3.5, 16, {})]
     finally:
         client.close()
 

@@ -29,7 +29,7 @@ class CapturingLink:
     def send_chunk(self, chunk):
         self.chunks.append(chunk)
 
-    def report_episode(self, episode_return, length):
+    def report_episode(self, episode_return, length, info=None):
         pass
 
     def tick_done(self):

@@ -91,19 +91,26 @@ def test_train_runs_on_images_with_discrete_actions(tmp_path, algo):
     assert any("episode_return" in line for line in lines)
 
 
-@pytest.mark.parametrize("task", ["sim_ur5_pick", "sim_ur5_reach", "sim_quadruped"])
-def test_train_runs_on_each_simulated_robot(tmp_path, task):
+@pytest.mark.parametrize(
+    "task, figure, short",
+    [("sim_ur5_pick", "placements", "ur5.episode_length=40"),
+     ("sim_ur5_reach", "final_distance", "ur5.episode_length=40"),
+     ("sim_quadruped", "forward_velocity", "quadruped.episode_length=40")],
+)  # fmt: skip
+def test_train_runs_on_each_simulated_robot_and_logs_its_task_figure(tmp_path, task, figure, short):
     logdir = tmp_path / task
     cmd = [sys.executable, "-m", "daydream", "train", "--config", f"configs/{task}.yaml",
            "--steps", "200", "--logdir", str(logdir), "--set",
            *[o for o in TINY if not o.startswith("gym.")],
-           "model.encoder.cnn_depth=4", "model.decoder.cnn_depth=4"]
+           "model.encoder.cnn_depth=4", "model.decoder.cnn_depth=4", short]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = _lines(logdir)
     assert max(line["step"] for line in lines) == 200
     assert any("wm/loss" in line for line in lines)
     assert (logdir / "checkpoint.pt").is_file()
+    episodes = [line for line in lines if "episode_return" in line]
+    assert episodes and all(np.isfinite(line[figure]) for line in episodes)
 
 
 def stored_layout(directory) -> tuple[set[str], dict]:

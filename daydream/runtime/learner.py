@@ -497,12 +497,12 @@ class Learner:
         for report in self.hub.pop_reports():
             if report["policy_version"] is not None:
                 self.actor_versions[report["actor"]] = report["policy_version"]
-            for ret, length in report["episodes"]:
+            for ret, length, info in report["episodes"]:
                 self.counters["episodes"] += 1
                 self.returns.append(ret)
                 self.logger.write(
                     self.counters["env_steps"],
-                    {"episode_return": ret, "episode_length": length,
+                    {**info, "episode_return": ret, "episode_length": length,
                      "episodes": self.counters["episodes"]},
                 )  # fmt: skip
 

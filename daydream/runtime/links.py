@@ -86,8 +86,8 @@ class Reports:
     def __init__(self) -> None:
         self._episodes: deque = deque(maxlen=MAX_EPISODES_KEPT)
 
-    def add(self, episode_return: float, length: int) -> None:
-        self._episodes.append([float(episode_return), int(length)])
+    def add(self, episode_return: float, length: int, info: dict[str, float]) -> None:
+        self._episodes.append([float(episode_return), int(length), dict(info)])
 
     def heartbeat(self, client: TransportClient, actor_id: str, version: int) -> None:
         episodes = []
@@ -196,8 +196,10 @@ class NetworkLink:
     def send_chunk(self, chunk: dict[str, np.ndarray]) -> None:
         self.delivery.put(chunk)
 
-    def report_episode(self, episode_return: float, length: int) -> None:
-        self.reports.add(episode_return, length)
+    def report_episode(
+        self, episode_return: float, length: int, info: dict[str, float] | None = None
+    ) -> None:
+        self.reports.add(episode_return, length, info or {})
 
     def tick_done(self) -> None:
         """The control loop finished a tick's work: weights may load in its idle time now."""
@@ -295,9 +297,12 @@ class InProcessLink:
         self._seq += 1
         self.added += 1
 
-    def report_episode(self, episode_return: float, length: int) -> None:
+    def report_episode(
+        self, episode_return: float, length: int, info: dict[str, float] | None = None
+    ) -> None:
         version = self.slots.version if self.slots is not None else -1
-        self._reports.append({"actor": self.actor_id, "episodes": [(episode_return, length)],
+        episode = (float(episode_return), int(length), dict(info or {}))
+        self._reports.append({"actor": self.actor_id, "episodes": [episode],
                               "policy_version": version})  # fmt: skip
 
     def tick_done(self) -> None:

@@ -69,7 +69,9 @@ class Link(Protocol):
 
     def send_chunk(self, chunk: dict[str, np.ndarray]) -> None: ...
 
-    def report_episode(self, episode_return: float, length: int) -> None: ...
+    def report_episode(
+        self, episode_return: float, length: int, info: dict[str, float] | None = None
+    ) -> None: ...
 
     def tick_done(self) -> None: ...
 
@@ -306,7 +308,9 @@ class RobotActor:
 
     def _end_episode(self) -> None:
         self.episodes += 1
-        self.link.report_episode(self._episode["return"], self._episode["length"])
+        self.link.report_episode(
+            self._episode["return"], self._episode["length"], self.robot.episode_info()
+        )
 
     def _sleep_out(self, t0: float) -> None:
         if self.period > 0:

@@ -38,6 +38,8 @@ writes one batch at a time.
 from __future__ import annotations
 
 import logging
+import math
+import re
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -54,6 +56,32 @@ MAX_IN_FLIGHT = 2  # replay batches awaiting an answer (one writing, one queued)
 PEER_TIMEOUT_S = 60.0  # robots not heard from for this long get no weight announcements
 MAX_REPORTS = 4096  # heartbeat reports kept until the learner pops them
 MAX_REPORTED_EPISODES = 64  # episodes read from one heartbeat
+MAX_EPISODE_FIGURES = 8  # task figures kept per reported episode (final_distance, ...)
+FIGURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # a figure's name: it becomes a metrics key
+RESERVED_NAMES = {"step", "episode_return", "episode_length", "episodes"}  # the learner's own
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def read_episode(entry) -> tuple[float, int, dict[str, float]] | None:
+    """One reported episode, ``[return, length]`` or ``[return, length, {figure: value}]``;
+    None when malformed. Figures with a bad name or a non-finite value are left out."""
+    if not isinstance(entry, list) or len(entry) not in (2, 3):
+        return None
+    if not (_number(entry[0]) and _number(entry[1])):
+        return None
+    figures = entry[2] if len(entry) == 3 else {}
+    if not isinstance(figures, dict):
+        return None
+    info = {
+        name: float(value)
+        for name, value in list(figures.items())[:MAX_EPISODE_FIGURES]
+        if isinstance(name, str) and FIGURE_NAME.fullmatch(name) and _number(value)
+        and name not in RESERVED_NAMES
+    }  # fmt: skip
+    return float(entry[0]), int(entry[1]), info
 
 
 class Gateway:
@@ -199,12 +227,8 @@ class Gateway:
         episodes = msg.get("episodes")
         report = {"actor": msg["actor"], "episodes": [], "policy_version": None}
         if isinstance(episodes, list):
-            report["episodes"] = [
-                (float(e[0]), int(e[1]))
-                for e in episodes[:MAX_REPORTED_EPISODES]
-                if isinstance(e, list) and len(e) == 2
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in e)
-            ]  # fmt: skip
+            read = (read_episode(e) for e in episodes[:MAX_REPORTED_EPISODES])
+            report["episodes"] = [e for e in read if e is not None]
         version = msg.get("policy_version")
         if isinstance(version, int) and not isinstance(version, bool):
             report["policy_version"] = version
@@ -212,7 +236,7 @@ class Gateway:
             self._reports.append(report)
 
     def pop_reports(self) -> list[dict]:
-        """Robot reports since the last call: {actor, episodes: [(return, length)],
+        """Robot reports since the last call: {actor, episodes: [(return, length, figures)],
         policy_version}."""
         with self._weights_lock:
             reports, self._reports = list(self._reports), deque(maxlen=MAX_REPORTS)
