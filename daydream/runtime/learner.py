@@ -244,6 +244,13 @@ class GatewayRunner:
     def set_pace(self, behind: int) -> None:
         self._call("set_pace", behind)
 
+    def robots(self) -> list[dict]:
+        """Every robot the gateway heard from (wire/fleet.py), for the fleet console."""
+        return self._call("robots")
+
+    def thumbnail(self, robot_id: str) -> tuple[bytes, str] | None:
+        return self._call("thumbnail", robot_id)
+
     def stop(self) -> None:
         try:
             self._call("stop")
@@ -310,6 +317,10 @@ class Learner:
         self._closed = False
         self._updates_at_log = (time.monotonic(), self.agent.updates)
         self._rejected_at_log: dict[str, int] = {}
+        # what the fleet console shows (console_stats, read from its thread)
+        self.curve: deque = deque(maxlen=config.console.curve_points)  # (env step, return)
+        self._shown: dict[str, float] = {}  # figures of the last log line
+        self._shown_lock = threading.Lock()
 
     @property
     def endpoint(self) -> str | None:
@@ -500,6 +511,8 @@ class Learner:
             for ret, length, info in report["episodes"]:
                 self.counters["episodes"] += 1
                 self.returns.append(ret)
+                with self._shown_lock:
+                    self.curve.append((self.counters["env_steps"], ret))
                 self.logger.write(
                     self.counters["env_steps"],
                     {**info, "episode_return": ret, "episode_length": length,
@@ -513,6 +526,8 @@ class Learner:
         self._updates_at_log = (now, self.agent.updates)
         steps = self.counters["env_steps"]
         means = self.logger.flush_means()
+        with self._shown_lock:
+            self._shown = {**means, "updates_per_s": updates_per_s}
         hub = self.hub.stats()
         rejected = self._rejections(hub)
         versions = list(self.actor_versions.values())
@@ -599,6 +614,31 @@ class Learner:
                     self.replay.close()
                 except Exception:  # noqa: BLE001 - Ray may already be shutting down
                     pass
+
+    def console_stats(self) -> dict[str, Any]:
+        """What the fleet console shows of the learner: counters, updates/s, replay size, the
+        samples-per-insert state, losses and the learning curve (any thread may call it)."""
+        with self._shown_lock:
+            shown, curve = dict(self._shown), list(self.curve)
+        stats = self.replay_stats
+        inserted, sampled = int(stats.get("inserted_steps", 0)), int(stats.get("sampled_steps", 0))
+        return {
+            "env_steps": self.counters["env_steps"], "episodes": self.counters["episodes"],
+            "updates": self.agent.updates, "updates_per_s": shown.get("updates_per_s"),
+            "weights_version": self.counters["published"],
+            "replay_steps": int(stats.get("steps", 0)),
+            "return_mean": float(np.mean([r for _, r in curve[-100:]])) if curve else None,
+            "losses": {"world model": shown.get("wm/loss"), "actor": shown.get("actor/loss"),
+                       "critic": shown.get("critic/loss")},
+            "spi": {  # samples per insert: replayed steps (B x L) per stored step
+                "target": float(self.config.replay.samples_per_insert),
+                "actual": sampled / inserted if inserted else None,
+                "phase": "training" if self._begun else "prefill",
+                "prefill": int(self.config.replay.min_size), "behind": self.behind(),
+                "throttled": int(stats.get("throttled", 0)),
+            },
+            "curve": curve,
+        }  # fmt: skip
 
     def status(self) -> dict[str, Any]:
         return {**self.counters, "endpoint": self.endpoint, "actors": dict(self.actor_versions)}

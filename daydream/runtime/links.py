@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +90,15 @@ class Reports:
     def add(self, episode_return: float, length: int, info: dict[str, float]) -> None:
         self._episodes.append([float(episode_return), int(length), dict(info)])
 
-    def heartbeat(self, client: TransportClient, actor_id: str, version: int) -> None:
+    def heartbeat(
+        self, client: TransportClient, actor_id: str, version: int, extra: dict | None = None
+    ) -> None:
+        """Send the waiting returns, the policy version and ``extra`` (the fleet console's
+        fields, runtime/fleet_report.py) in one heartbeat."""
         episodes = []
         while self._episodes and len(episodes) < EPISODES_PER_HEARTBEAT:
             episodes.append(self._episodes.popleft())
-        msg = {"type": "heartbeat", "actor": actor_id, "episodes": episodes,
+        msg = {**(extra or {}), "type": "heartbeat", "actor": actor_id, "episodes": episodes,
                "policy_version": int(version)}  # fmt: skip
         if not client.send(msg):
             self._episodes.extendleft(reversed(episodes))  # not sent: report them next time
@@ -183,6 +188,8 @@ class NetworkLink:
         self.weights = WeightsReceiver(slots, 2.0 * period)
         self.slots = slots
         self.connected_at: float | None = None
+        # the fleet console's heartbeat fields (set by RobotActor.networked; network thread)
+        self.heartbeat_fields: Callable[[], dict] | None = None
         self._behind = (0, -1e9)  # (steps the learner is behind train.ratio, when it was said)
         self._stop = threading.Event()
         self._deadline = 0.0
@@ -238,7 +245,8 @@ class NetworkLink:
                 now = time.monotonic()
                 if now - last_heartbeat >= self.heartbeat_every:
                     last_heartbeat = now
-                    self.reports.heartbeat(self.client, self.actor_id, self.slots.version)
+                    self.reports.heartbeat(self.client, self.actor_id, self.slots.version,
+                                           self._fleet_fields())  # fmt: skip
                 # decoding even a weights message only parses its small header
                 for msg in self.client.poll(timeout_ms=self.poll_ms):
                     self._handle(msg)
@@ -246,6 +254,15 @@ class NetworkLink:
             log.exception("actor: the network thread failed; experience is no longer sent")
         finally:
             self.client.close()
+
+    def _fleet_fields(self) -> dict | None:
+        if self.heartbeat_fields is None:
+            return None
+        try:
+            return self.heartbeat_fields()
+        except Exception:  # noqa: BLE001 - a display must never stop the robot's reports
+            log.exception("actor: the fleet console's heartbeat fields failed; sent without")
+            return None
 
     def _stopping_done(self) -> bool:
         if not self._stop.is_set():

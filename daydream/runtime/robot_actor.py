@@ -39,6 +39,7 @@ from daydream.core.chunks import ChunkBuilder
 from daydream.core.clocks import Every
 from daydream.core.files import write_text
 from daydream.core.spaces import make_record
+from daydream.runtime.fleet_report import ThumbnailTap, console_info, heartbeat_fields
 from daydream.safety.supervisor import SafetyStopped, SafetySupervisor
 
 log = logging.getLogger("daydream.actor")
@@ -179,6 +180,8 @@ class RobotActor:
         self._should_report = Every(self.acfg.status_every_s, first=False)
         self.sup: SafetySupervisor | None = None
         self.console = None
+        self.console_info: dict | None = None  # {endpoint, key} the fleet console reaches it at
+        self.thumbnails = ThumbnailTap.for_robot(self.robot.obs_space, config.console)
         self.state = None
 
     @classmethod
@@ -192,7 +195,9 @@ class RobotActor:
         def link(slots: PolicySlots, directory: Path, period: float) -> NetworkLink:
             return NetworkLink(config, address, actor_id, directory, slots, period)
 
-        return cls(config, link, actor_id, robot_name, max_steps)
+        actor = cls(config, link, actor_id, robot_name, max_steps)
+        actor.link.heartbeat_fields = lambda: heartbeat_fields(actor)  # the fleet console's
+        return actor
 
     def stop(self) -> None:
         """Ask ``run`` to return after the current tick (thread-safe; signal handlers call it)."""
@@ -275,6 +280,7 @@ class RobotActor:
                 self.state = agent.executed(self.state, executed["action"])
             self.steps += 1
             obs = next_obs
+            self.thumbnails.offer(obs)  # a clock read; a copy of the image once a second
             self._episode["return"] += float(obs["reward"])
             self._episode["length"] += 1
             self.tick_times.append((t0, time.perf_counter() - t0))
@@ -327,12 +333,12 @@ class RobotActor:
         from daydream.wire.curve import key_directory
 
         key_dir = key_directory(self.config.transport.key_dir, self.config.logdir)
-        self.console = ConsoleServer(
-            self.sup,
-            bind,
-            key_dir / f"{self.config.teleop.server_key}.key_secret",
-            key_dir / self.config.teleop.allowed_dir,
-        ).start()
+        secret = key_dir / f"{self.config.teleop.server_key}.key_secret"
+        allowed = key_dir / self.config.teleop.allowed_dir
+        self.console = ConsoleServer(self.sup, bind, secret, allowed).start()
+        self.console_info = console_info(  # told to the fleet console in heartbeats
+            self.console.endpoint, secret, self.config.console.advertise_host
+        )
         print(f"actor {self.actor_id}: safety console on {self.console.endpoint}", flush=True)
 
     def tick_rate(self, window: float = 5.0) -> float:

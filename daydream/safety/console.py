@@ -7,8 +7,8 @@ a ROUTER socket on ``teleop.console`` (e.g. ``tcp://*:5557``). Client:
 Wire format: one msgpack-encoded dict per message, never pickle. Requests::
 
     {"id": n, "cmd": "status"}
-    {"id": n, "cmd": "stop", "hard": false}
-    {"id": n, "cmd": "reset"}
+    {"id": n, "cmd": "stop", "hard": false, "person": "..."}     (person: optional)
+    {"id": n, "cmd": "reset", "person": "..."}
     {"id": n, "cmd": "override", "active": true, "action": [..] | None}
     {"id": n, "cmd": "action", "action": [..] | None}
 
@@ -23,7 +23,9 @@ robot's key pair (``<transport.key_dir>/<teleop.server_key>.key_secret``) and ac
 only clients whose public key file is in ``<transport.key_dir>/<teleop.allowed_dir>/``.
 A client with another key never completes the handshake: it gets no reply and its
 commands have no effect. The stop/reset is recorded with the name of the allowed key
-file that sent it. Messages over 64 KiB are dropped by ZeroMQ before they are decoded.
+file that sent it, and the ``person`` the request names, if any (the fleet console sends the
+name a person typed to reset): ``console:gateway (Ada)``. Messages over 64 KiB are dropped by
+ZeroMQ before they are decoded.
 
 Setup (the workstation already has ``gateway.key_secret`` and ``actor.key`` from
 ``daydream keys --out keys``)::
@@ -52,6 +54,7 @@ log = logging.getLogger("daydream.safety.console")
 
 MAX_MESSAGE = 64 * 1024  # bytes; a console message is a few hundred
 MAX_ACTION = 4096  # numbers in one action
+MAX_PERSON = 64  # characters of the person a stop or reset names
 COMMANDS = ("status", "stop", "reset", "override", "action")
 POLL_MS = 50
 
@@ -204,14 +207,22 @@ class ConsoleServer:
         cmd = msg.get("cmd")
         if cmd not in COMMANDS:
             raise ValueError(f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}")
-        if cmd == "stop":
+        person = msg.get("person")
+        if cmd == "stop":  # a stop always latches; a name that does not fit is left out
+            who = f"{who} ({person})" if _fits_person(person) else who
             self.sup.request_stop(who, hard=bool(msg.get("hard", False)))
         elif cmd == "reset":
-            self.sup.reset_stop(who)
+            if person is not None and not _fits_person(person):
+                raise ValueError(f"a person's name is 1 to {MAX_PERSON} printable characters")
+            self.sup.reset_stop(who if person is None else f"{who} ({person})")
         elif cmd == "override":
             self.sup.set_override(bool(msg.get("active")), _action(msg.get("action")))
         elif cmd == "action":
             self.sup.set_teleop_action(_action(msg.get("action")))
+
+
+def _fits_person(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_PERSON and value.isprintable()
 
 
 def _action(value: Any) -> np.ndarray | None:
@@ -227,6 +238,7 @@ class ConsoleClient:
 
     Every method returns the reply dict, or None when the robot did not answer within
     ``timeout`` seconds (unreachable, or this machine's key is not on its allow-list).
+    ``server_public`` is the robot's public key file, or the key itself (Z85 bytes).
     On a timeout the socket is rebuilt, so an unanswered command is never delivered late.
     Thread-safe (the keyboard thread and the display loop share one client).
     """
@@ -235,13 +247,16 @@ class ConsoleClient:
         self,
         endpoint: str,
         client_secret_file: str | Path,
-        server_public_file: str | Path,
+        server_public: str | Path | bytes,
         timeout: float,
         context: zmq.Context | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._public, self._secret = curve.load_keypair(client_secret_file)
-        self._server_public, _ = curve.load_keypair(server_public_file)
+        if isinstance(server_public, bytes):
+            self._server_public = server_public
+        else:
+            self._server_public, _ = curve.load_keypair(server_public)
         self.timeout = float(timeout)
         self._ctx = context or zmq.Context.instance()
         self._lock = threading.Lock()

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from daydream.wire.codec import check_chunk_values, encode
+from daydream.wire.fleet import FleetRegistry
 from daydream.wire.transport import TransportOptions, TransportServer
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Gateway:
         self._in_flight: list = []  # (ticket, [(peer, actor, seq)])
         self._pending: list = []  # (peer, actor, seq, data, key) received, not yet handed on
         self.last_refusal = ""  # the reason of the newest nack, for the learner's log
+        self.fleet = FleetRegistry()  # every robot's newest report, for the fleet console
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -202,7 +204,7 @@ class Gateway:
             if kind == "chunk":
                 self._accept_chunk(peer, key, msg, batch)
             elif kind in ("hello", "heartbeat"):
-                self._note_report(msg)
+                self._note_report(msg, key)
                 self.server.send(peer, self._weights_info())
             elif kind == "weights_request":
                 self._serve_weights(peer, msg["version"])
@@ -221,9 +223,10 @@ class Gateway:
         if self._announce:
             self._announce_weights(now)
 
-    def _note_report(self, msg: dict) -> None:
+    def _note_report(self, msg: dict, key: str | None = None) -> None:
         """Keep what a robot reports in its heartbeat (episode returns, policy version in use)
-        for the learner's logs; anything malformed is ignored (reports are only metrics)."""
+        for the learner's logs, and its state for the fleet console (``self.fleet``); anything
+        malformed is ignored (reports are only metrics)."""
         episodes = msg.get("episodes")
         report = {"actor": msg["actor"], "episodes": [], "policy_version": None}
         if isinstance(episodes, list):
@@ -234,6 +237,15 @@ class Gateway:
             report["policy_version"] = version
         with self._weights_lock:
             self._reports.append(report)
+        self.fleet.note(msg, key, [e[0] for e in report["episodes"]])
+
+    def robots(self) -> list[dict]:
+        """Every robot heard from, its newest status, console and returns (``FleetRegistry``)."""
+        return self.fleet.robots()
+
+    def thumbnail(self, robot_id: str) -> tuple[bytes, str] | None:
+        """The newest camera thumbnail a robot sent: (JPEG or PNG bytes, MIME type) or None."""
+        return self.fleet.thumbnail(robot_id)
 
     def pop_reports(self) -> list[dict]:
         """Robot reports since the last call: {actor, episodes: [(return, length, figures)],
