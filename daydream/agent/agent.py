@@ -14,7 +14,6 @@ discrete actions are one-hot vectors.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,16 +23,9 @@ from daydream.agent.behavior import Behavior
 from daydream.agent.rssm import State
 from daydream.agent.world_model import WorldModel, preprocess, to_torch
 from daydream.core.spaces import Space
+from daydream.core.weights import PolicyWeights
 
 POLICY_MODULES = ("encoder", "rssm", "actor")
-
-
-@dataclass
-class PolicyWeights:
-    """The parameters the policy needs, as flat numpy arrays, with the learner's update count."""
-
-    version: int
-    arrays: dict[str, np.ndarray]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,6 +128,7 @@ class Agent:
         self.critic_opt = Optimizer(self.behavior.critic.parameters(), config.behavior.critic_opt)
         self.updates = 0
         self._sensor_keys = self.wm.images + self.wm.vectors
+        self._onnx_graph: dict[str, np.ndarray] | None = None  # exported once (actor.backend onnx)
 
     # ------------------------------------------------------------------ acting
     def initial_state(self, batch: int) -> tuple[State, torch.Tensor]:
@@ -229,11 +222,19 @@ class Agent:
         return {"encoder": self.wm.encoder, "rssm": self.wm.rssm, "actor": self.behavior.actor}
 
     def policy_weights(self) -> PolicyWeights:
+        """The policy's parameters; with ``actor.backend: onnx`` also the graph they bind into
+        (exported on the first call: daydream/agent/export.py, daydream/core/weights.py)."""
         arrays = {
             f"{name}.{key}": value.detach().cpu().numpy()
             for name, module in self._policy_modules().items()
             for key, value in module.state_dict().items()
         }
+        if self.config.actor.backend == "onnx":
+            if self._onnx_graph is None:
+                from daydream.agent.export import export_policy
+
+                self._onnx_graph = export_policy(self)
+            arrays.update(self._onnx_graph)
         return PolicyWeights(self.updates, arrays)
 
     def load_policy_weights(self, weights: PolicyWeights) -> None:

@@ -34,8 +34,6 @@ def main(args: argparse.Namespace) -> int:
     import logging
     import socket
 
-    import torch
-
     from daydream.cli.common import EXIT_USAGE, build_config, die_with_parent
 
     die_with_parent()
@@ -43,7 +41,10 @@ def main(args: argparse.Namespace) -> int:
     steps, args.steps = args.steps, None  # executed steps here, not train.steps
     config = build_config(args, "actor")
     actor_id = args.id or socket.gethostname()
-    torch.set_num_threads(1)  # the control loop's process: one thread
+    if config.actor.backend == "torch":  # onnx: torch is never imported (a robot may lack it)
+        import torch
+
+        torch.set_num_threads(1)  # the control loop's process: one thread
 
     from daydream.runtime.robot_actor import EXIT_SAFETY_STOP, LATCH_FILENAME, RobotActor
     from daydream.wire.curve import KeyFileError

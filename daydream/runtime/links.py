@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daydream.agent.agent import PolicyWeights
+from daydream.core.weights import PolicyWeights
 from daydream.runtime.robot_actor import PolicySlots
 from daydream.wire.curve import SERVER_NAME, key_directory
 from daydream.wire.outbox import Outbox

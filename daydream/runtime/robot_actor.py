@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 import robots
-from daydream.agent.agent import Agent, PolicyWeights
 from daydream.core.chunks import ChunkBuilder
 from daydream.core.clocks import Every
 from daydream.core.files import write_text
-from daydream.core.spaces import make_record
+from daydream.core.spaces import Space, make_record
+from daydream.core.weights import PolicyWeights
 from daydream.runtime.fleet_report import ThumbnailTap, console_info, heartbeat_fields
 from daydream.safety.supervisor import SafetyStopped, SafetySupervisor
 
@@ -83,6 +82,37 @@ class Link(Protocol):
     def status(self) -> dict: ...
 
 
+class Policy(Protocol):
+    """What acts: the torch ``Agent`` or ``runtime.onnx_policy.OnnxPolicy`` (``actor.backend``)."""
+
+    def policy(self, obs: dict, state=None, mode: str = "explore") -> tuple[dict, Any]: ...
+
+    def executed(self, state, action: np.ndarray) -> Any: ...
+
+    def load_policy_weights(self, weights: PolicyWeights) -> None: ...
+
+
+def policy_backend(
+    config, obs_space: dict[str, Space], act_space: dict[str, Space], seed: int
+) -> Callable[[], Policy]:
+    """Makes the policy copies of ``actor.backend``: torch (the Agent, on the CPU) or onnx (ONNX
+    Runtime and numpy; torch is never imported, so a robot computer need not have it)."""
+    backend = config.actor.backend
+    if backend == "onnx":
+        from daydream.runtime.onnx_policy import OnnxPolicy
+
+        rng = np.random.default_rng([seed, 1])  # both copies draw from it (the control thread)
+        return lambda: OnnxPolicy(obs_space, act_space, config.behavior.expl_noise, rng)
+    if backend == "torch":
+        import torch
+
+        from daydream.agent.agent import Agent
+
+        torch.manual_seed(seed)
+        return lambda: Agent(obs_space, act_space, config, device="cpu")
+    raise ValueError(f"actor.backend must be torch or onnx, got {backend!r}")
+
+
 class PolicySlots:
     """Owns two copies of the policy: the one acting and a spare that new weights load into.
 
@@ -91,11 +121,11 @@ class PolicySlots:
     copy being acted with is never written to.
     """
 
-    def __init__(self, make_agent: Callable[[], Agent]) -> None:
+    def __init__(self, make_agent: Callable[[], Policy]) -> None:
         self._lock = threading.Lock()
-        self._active: Agent | None = None
-        self._ready: Agent | None = None
-        self._spare: list[Agent] = [make_agent(), make_agent()]
+        self._active: Policy | None = None
+        self._ready: Policy | None = None
+        self._spare: list[Policy] = [make_agent(), make_agent()]
         self.version = -1  # version of the weights acting now (-1: random policy)
         self._ready_version = -1
         self.swaps = 0
@@ -122,7 +152,7 @@ class PolicySlots:
             self._ready, self._ready_version = target, int(weights.version)
             self.staged_at[int(weights.version)] = time.monotonic()
 
-    def current(self) -> tuple[Agent | None, bool]:
+    def current(self) -> tuple[Policy | None, bool]:
         """The copy to act with now, and whether it was just swapped in (reset its state?)."""
         if self._ready is None:  # fast path: a plain attribute read, no lock
             return self._active, False
@@ -158,10 +188,9 @@ class RobotActor:
         self.robot = robots.make(robot_name or config.robot.name, config)
         seed = config.seed + zlib.crc32(actor_id.encode())
         self.rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
         obs_space, act_space = self.robot.obs_space, self.robot.act_space
         self.act_space = act_space["action"]
-        self.slots = PolicySlots(lambda: Agent(obs_space, act_space, config, device="cpu"))
+        self.slots = PolicySlots(policy_backend(config, obs_space, act_space, seed))
         self.period = self.acfg.period_s or float(self.robot.control_period or 0.0)
         self.link = make_link(self.slots, self.directory, self.period)
         self.chunks = ChunkBuilder(self.acfg.chunk_length)
