@@ -322,7 +322,7 @@ class Quadruped(Robot):
         while tel.status & P.Status.STANDING_UP:
             if time.monotonic() > deadline:
                 break
-            time.sleep(min(0.05, self.control_period))
+            time.sleep(min(0.05, max(self.control_period, 0.005)))
             tel = self._check(self._transact(P.GetState()), during="stand-up")
         if tel.status & P.Status.STANDING_UP or self._fallen(tel):
             raise RobotFault(

@@ -91,8 +91,9 @@ class StaleStateDetector:
 
 def _sensor_spaces(cfg: dict) -> dict[str, Space]:
     h, w = cfg["camera"]["size"]
+    image = {"image": Space((h, w, 3), np.uint8)} if cfg["camera"]["enabled"] else {}
     return {
-        "image": Space((h, w, 3), np.uint8),
+        **image,
         "tcp_pose": Space((6,), np.float32),
         "joints": Space((6,), np.float32),
         "gripper": Space((1,), np.float32, 0.0, 1.0),
@@ -170,8 +171,9 @@ class UR5(Robot):
         self.gripper = gripper()
         self.gripper.connect()
         self.gripper.activate()
-        self.camera = camera()
-        self.camera.start()
+        if self.cfg["camera"]["enabled"]:
+            self.camera = camera()
+            self.camera.start()
         self.control.setWatchdog(float(self.cfg["watchdog_min_frequency"]))
         self._stale.reset()
 
@@ -279,7 +281,7 @@ class UR5(Robot):
         self.check_health()
         tcp = np.asarray(self.receive.getActualTCPPose(), np.float32)
         obs = {
-            "image": self.camera.read(),
+            **({"image": self.camera.read()} if self.camera is not None else {}),
             "tcp_pose": tcp,
             "joints": np.asarray(self.receive.getActualQ(), np.float32),
             "gripper": np.asarray([self.gripper.position()], np.float32),

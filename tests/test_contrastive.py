@@ -231,8 +231,9 @@ def test_preset_trains_end_to_end_on_sim_ur5_reach_and_its_loss_falls(algo, extr
         "replay.min_size=50",
         "ur5.episode_length=25",
     ]
+    config = "configs/sim_ur5_reach_pixels.yaml"
     code = main(
-        ["train", "--config", "configs/sim_ur5_reach.yaml", "--algo", algo, "--steps", "300"]
+        ["train", "--config", config, "--algo", algo, "--steps", "300"]
         + ["--logdir", str(logdir), "--set", *overrides]
     )
     assert code == 0

@@ -53,7 +53,7 @@ def test_gymnasiums_env_checker_passes_in_full_determinism_included(task, kwargs
 
 @pytest.mark.parametrize(
     "task, kwargs",
-    [("configs/sim_ur5_reach.yaml", {}), ("configs/sim_quadruped.yaml", {})],
+    [("configs/sim_ur5_reach_pixels.yaml", {}), ("configs/sim_quadruped.yaml", {})],
     ids=["sim_ur5_reach_with_image", "sim_quadruped"],
 )
 def test_the_same_seed_gives_the_same_episode_step_for_step(task, kwargs):
@@ -124,4 +124,4 @@ def test_a_real_robot_is_refused():
 
 def test_flat_observations_refuse_images():
     with pytest.raises(ValueError, match="not"):
-        reach_env(keys=("image", "target"), flat=True)
+        reach_env("ur5.camera.enabled=true", keys=("image", "target"), flat=True)

@@ -312,7 +312,8 @@ def test_reported_episode_figures_are_kept_only_when_named_and_finite():
     kept = {"final_distance": 0.01}
     assert read_episode([-3.5, 50, kept]) == (-3.5, 50, kept)
     assert read_episode([-3.5, 50]) == (-3.5, 50, {})
-    figures = {"ok": 1.0, "Bad-Name": 2.0, "nan": float("nan"), "flag": True, "x" * 40: 1.0, "step": 9.0}
+    figures = {"ok": 1.0, "Bad-Name": 2.0, "nan": float("nan"), "flag": True, "x" * 40: 1.0}
+    figures["step"] = 9.0  # the learner's own key
     assert read_episode([-1.0, 2, figures]) == (-1.0, 2, {"ok": 1.0})
     many = {f"f{i}": float(i) for i in range(50)}
     assert len(read_episode([0.0, 1, many])[2]) == MAX_EPISODE_FIGURES

@@ -310,3 +310,9 @@ def test_simulated_robot_runs_well_over_100_control_steps_per_second(robot):
         execute(robot, action)
     rate = 200 / (time.perf_counter() - t0)
     assert rate > 150, f"{rate:.0f} control steps/s"
+
+
+def test_the_simulated_robot_ticks_at_its_own_rate_while_its_physics_stays_lock_step():
+    robot = make("sim_quadruped.control_period_s=0.0", "quadruped.control_period_s=0.02")
+    assert robot.control_period == 0.0 and robot.simulated and not robot.pace
+    assert board_of(robot).control_period == 0.02  # physics seconds per command

@@ -33,7 +33,7 @@ def printed_paths(out: str) -> list[Path]:
 @pytest.mark.parametrize("algo", ["dreaming", "dreamer"])
 def test_report_writes_a_readable_video_and_plots_for_a_short_run(algo, tmp_path, capsys):
     logdir = tmp_path / "run"
-    short_run(logdir, "configs/sim_ur5_reach.yaml", algo, ["ur5.episode_length=40"])
+    short_run(logdir, "configs/sim_ur5_reach_pixels.yaml", algo, ["ur5.episode_length=40"])
     capsys.readouterr()
     code = main(["report", "--logdir", str(logdir), "--sequences", "3", "--length", "20"])
     assert code == 0

@@ -395,3 +395,11 @@ def test_disconnect_closes_the_simulated_gripper_server():
         socket.create_connection(
             (robot.cell.gripper_server.host, robot.cell.gripper_server.port), 0.2
         )
+
+
+def test_the_simulated_arm_ticks_at_its_own_rate_and_detects_staleness_at_the_real_arm_s():
+    fast = make("ur5.task=reach")  # sim_ur5.control_period_s: 0, moves complete at once
+    assert fast.control_period == 0.0 and fast.simulated
+    paced = make("ur5.task=reach", "sim_ur5.control_period_s=0.05", "ur5.control_period_s=0.2")
+    assert paced.control_period == 0.05
+    assert paced._stale.timeout == pytest.approx(0.5 * 0.2)  # ur5.stale_periods x the real period

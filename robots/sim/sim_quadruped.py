@@ -226,6 +226,7 @@ def make_sim_quadruped(config: Any) -> Any:
     camera = physics.render if driver.image.enabled else None
     robot = Quadruped(block, camera=camera, companion=_BoardAndPhysics(board, physics))
     robot.simulated = True
+    robot.control_period = float(sim.control_period_s)  # the tick rate; the physics is lock-step
     return robot
 
 

@@ -448,5 +448,6 @@ def make_sim_ur5(config: Any) -> Any:
         pause=(controller.pause, controller.resume),
     )
     robot.simulated = True
+    robot.control_period = float(sim["control_period_s"])  # the tick rate; moves are instant
     robot.cell = cell  # type: ignore[attr-defined]
     return robot
