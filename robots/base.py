@@ -41,6 +41,10 @@ class ConnectionLost(RobotFault):
     """The link to the controller or board is gone, or its state stopped updating."""
 
 
+class SensorFault(RobotFault):
+    """A sensor reported a value that cannot be true (NaN or infinity): nothing may act on it."""
+
+
 class LimitViolation(ValueError):
     """A command the robot refuses outright (for example a target outside its joint limits).
 

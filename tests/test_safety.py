@@ -367,6 +367,23 @@ def test_a_robot_fault_latches_the_stop(fault):
     assert sup.step({"action": np.zeros(2)})[1] is not None
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_sensor_value_is_a_fault_and_never_reaches_the_policy(bad):
+    robot = RecordingRobot(continuous(2))
+    sup = SafetySupervisor(robot, safety_config())
+    sup.reset()
+    good, _, _ = sup.step({"action": np.zeros(2)})
+    robot._obs = lambda first, last: {**RecordingRobot._obs(robot, first, last),
+                                      "x": np.array([1.0, bad], np.float32)}  # fmt: skip
+    obs, executed, _ = sup.step({"action": np.zeros(2)})
+    assert executed is None and bool(obs["is_last"])  # the last good observation, closed
+    np.testing.assert_array_equal(obs["x"], good["x"])
+    assert sup.stopped and robot.stops and "'x'" in sup.status["reason"]
+    sup.reset_stop("test person")
+    with pytest.raises(SafetyStopped, match="'x'"):
+        sup.reset()  # the sensor still reads garbage: no episode starts on it
+
+
 def test_an_unexpected_robot_error_latches_the_stop_and_is_raised():
     robot = RecordingRobot(continuous(2))
     sup = SafetySupervisor(robot, safety_config())

@@ -91,6 +91,16 @@ def make_record(
     return {**obs, "action": action, "intervention": np.float32(intervention)}
 
 
+def nonfinite_keys(values: dict[str, np.ndarray]) -> list[str]:
+    """The keys whose floating-point values hold a NaN or an infinity."""
+    bad = []
+    for key, value in values.items():
+        array = np.asarray(value)
+        if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+            bad.append(key)
+    return bad
+
+
 class ObservationError(ValueError):
     """An observation that does not match the robot's declared space."""
 

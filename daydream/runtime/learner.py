@@ -393,11 +393,19 @@ class Learner:
         if not self.replay.ready(self.batch[1]):
             return False
         self.hub.set_pace(PRETRAINING)
-        for _ in range(self.config.train.pretrain):
+        total, t0 = self.config.train.pretrain, time.monotonic()
+        should_say = Every(self.config.learner.log_every_s, first=False)
+        print(f"learner: prefill done; {total} updates before the training ratio counts "
+              "(simulated robots wait meanwhile)", flush=True)  # fmt: skip
+        for done in range(total):
             batch = self.replay.sample(*self.batch, timeout=0.0, counted=False)
             if batch is None:
                 break
             self._train(batch)
+            if should_say():
+                elapsed = time.monotonic() - t0
+                print(f"learner: pretraining {done + 1}/{total} updates, {elapsed:.0f} s "
+                      f"({(done + 1) / elapsed:.2f} updates/s)", flush=True)  # fmt: skip
         self.replay.start_ratio()
         self._begun = True
         self.poll()

@@ -29,7 +29,8 @@ Every tick, in this order::
    driver's job and catches a crash of this whole process.
 
 A ``robots.base.RobotFault`` from the robot (protective stop, lost connection, stale
-state, serial timeout) latches the stop; any other exception from the robot latches
+state, serial timeout, and a ``SensorFault``: an observation holding NaN or infinity, which
+the policy and the replay never see) latches the stop; any other exception from the robot latches
 it too and is re-raised (it is a bug to fix, but the robot must not keep moving).
 
 How the actor uses it::
@@ -70,7 +71,8 @@ from typing import Any
 import numpy as np
 
 from daydream.core.files import write_text
-from robots.base import LimitViolation, Robot, RobotFault
+from daydream.core.spaces import nonfinite_keys
+from robots.base import LimitViolation, Robot, RobotFault, SensorFault
 
 log = logging.getLogger("daydream.safety.supervisor")
 
@@ -86,6 +88,18 @@ CONFIG_KEYS = (
     "faults_kept",
 )
 _BOUND_TOLERANCE = 1e-5  # float32 rounding when checking what limit_command returned
+
+
+def checked(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``obs`` unchanged; a NaN or infinity from any sensor is a :class:`SensorFault`, so the
+    stop latches and the value reaches neither the policy nor the replay."""
+    bad = nonfinite_keys(obs)
+    if bad:
+        raise SensorFault(
+            f"non-finite sensor values in {', '.join(repr(k) for k in bad)} (a sensor or its "
+            "driver is failing: check it before resetting the stop)"
+        )
+    return obs
 
 
 class SafetyStopped(RuntimeError):
@@ -322,7 +336,7 @@ class SafetySupervisor:
             self._armed = False
             self._in_flight = True
         try:
-            obs = self.robot.reset()
+            obs = checked(self.robot.reset())
         except RobotFault as e:
             self._on_robot_error("robot.reset()", e)
             raise SafetyStopped(self._stopped_message()) from e
@@ -376,7 +390,7 @@ class SafetySupervisor:
             self._last_command = time.monotonic()
         executed = {"action": command}
         try:
-            obs = self.robot.step(executed)
+            obs = checked(self.robot.step(executed))
         except RobotFault as e:
             self._on_robot_error("robot.step()", e)
             return self._stopped_obs(), None, False
