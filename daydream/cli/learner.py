@@ -3,6 +3,7 @@
     daydream learner --config configs/sim_ur5_pick.yaml --bind tcp://*:5555 --logdir logdir/ur5
     daydream learner ... --ray-address auto          # join a running Ray cluster
     daydream learner ... --rebind ur5-0=keys/ur5-new.key   # a replaced robot keeps its stream
+    daydream learner ... --console :8080             # the fleet console web page (loopback)
 
 Robots connect with ``daydream actor --learner tcp://WORKSTATION:5555``. Rerun the same
 command to resume from the checkpoint and the replay files in the logdir.
@@ -34,6 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="give an actor stream to the robot whose public key is in KEYFILE (its NAME.key), "
         "e.g. after replacing its computer (repeatable; see docs/PROTOCOL.md)",
     )  # fmt: skip
+    add_console_argument(parser)
+
+
+def add_console_argument(parser: argparse.ArgumentParser) -> None:
+    """``--console [HOST]:PORT``, shared with ``daydream run``."""
+    parser.add_argument(
+        "--console", metavar="[HOST]:PORT",
+        help="serve the fleet console web page (every robot, stop and reset) here, e.g. :8080 "
+        "on loopback; another address needs a token made beforehand (daydream keys "
+        "--console-token) (console.bind)",
+    )  # fmt: skip
 
 
 def parse_rebind(items: list[str]) -> dict[str, str]:
@@ -61,9 +73,10 @@ def main(args: argparse.Namespace) -> int:
         write_run_config,
     )
 
-    config = build_config(args, "learner")
+    config = build_config(args, "learner", [f"console.bind={args.console}"] if args.console else [])
 
     from daydream.agent.checkpoint import CheckpointError
+    from daydream.runtime.console_web import console_settings, start_console
     from daydream.runtime.learner import (
         EXIT_CHECKPOINT,
         EXIT_NONFINITE,
@@ -74,7 +87,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         rebind = parse_rebind(args.rebind)
-    except (KeyFileError, ValueError) as e:
+        console_at = console_settings(config, config.console.bind) if config.console.bind else None
+    except (KeyFileError, ValueError) as e:  # console_settings: ConsoleAuthError, a ValueError
         fail("learner", str(e))
     write_run_config(config)
     start_ray(config, args.ray_address)
@@ -93,11 +107,23 @@ def main(args: argparse.Namespace) -> int:
             f"{learner.endpoint}, device {learner.agent.device}, logdir {config.logdir}",
             flush=True,
         )
+        console = None
+        if console_at is not None:
+            try:
+                console = start_console(config, learner, *console_at)
+            except (RuntimeError, FileNotFoundError) as e:  # a port in use, no key pair
+                learner.close()
+                print(f"daydream learner: {e}", file=sys.stderr, flush=True)
+                return EXIT_USAGE
+            print(f"daydream learner: fleet console on {console.login_url}", flush=True)
         try:
             counters = learner.run()
         except NonFiniteTraining as e:
             print(f"daydream learner: stopped: {e}", file=sys.stderr, flush=True)
             return EXIT_NONFINITE
+        finally:
+            if console is not None:
+                console.close()
         print(
             f"learner stopped: {counters['env_steps']} environment steps, "
             f"{counters['updates']} updates; checkpoint in {config.logdir}",
