@@ -4,6 +4,7 @@
     python bench/train_step.py --only dreamerv2     # one of them
     python bench/train_step.py --threads 2 --updates 5
     python bench/train_step.py --only dreamer dreaming dreaming-novis dreamer-nce   # + ratios
+    python bench/train_step.py --ratios          # Dreaming / Dreamer, DreamingV2 / DreamerV2
 
 Each configuration runs in its own process so that its peak memory (max RSS on CPU,
 max allocated on CUDA) is its own. Observations: one 64x64x3 image and a 16-dim
@@ -52,24 +53,34 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "dreamer-nce": ("dreamer", ["model.repr=nce"]),
     "dreaming": ("dreaming", []),
     "dreaming-novis": ("dreaming", ["model.vis_decoder=false"]),
+    "dreaming-visall": ("dreaming", ["model.vis_every=1"]),  # the decoder every update (before)
     "dreamingv2": ("dreamingv2", []),
     "dreamingv2-novis": ("dreamingv2", ["model.vis_decoder=false"]),
+    "dreamingv2-visall": ("dreamingv2", ["model.vis_every=1"]),
 }
 # reconstruction-free configuration -> the reconstruction one it is timed against
 RATIOS: dict[str, str] = {
     "dreamer-nce": "dreamer",
     "dreaming": "dreamer",
     "dreaming-novis": "dreamer",
+    "dreaming-visall": "dreamer",
     "dreamingv2": "dreamerv2",
     "dreamingv2-novis": "dreamerv2",
+    "dreamingv2-visall": "dreamerv2",
 }
+# --ratios: each reconstruction-free preset (visualisation decoder every model.vis_every updates,
+# and every update) beside its reconstruction twin, at the same size
+RATIO_RUN = ["dreamer", "dreaming", "dreaming-visall", "dreamerv2", "dreamingv2",
+             "dreamingv2-visall"]  # fmt: skip
 
 
 def measure(name: str, updates: int, threads: int, batch: int, length: int) -> dict:
+    import contextlib
+
     import numpy as np
     import torch
 
-    from daydream.agent.agent import Agent
+    from daydream.agent.agent import Agent, without_head
     from daydream.core.config import load_config
     from daydream.core.spaces import Space, step_spaces
 
@@ -90,7 +101,7 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
         "is_terminal": np.zeros((batch, length), bool),
     }
     data["is_first"][:, 0] = True
-    agent.train(data)  # warm-up
+    agent.train(data)  # warm-up (update 0: the visualisation decoder trains)
     if agent.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -106,10 +117,12 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
     from daydream.agent.world_model import preprocess, to_torch
 
     wm_times, wm_cpu_times = [], []
-    for _ in range(updates):
+    for i in range(1, updates + 1):  # the visualisation decoder on updates N, 2N, ... as in train
         start, cpu_start = time.perf_counter(), time.process_time()
         batch_t = preprocess(to_torch(data, agent.device), agent.wm.images)
-        agent.model_opt.step(agent.wm.loss(batch_t)[0])
+        hide = agent.vis_opt is not None and i % config.model.vis_every
+        with without_head(agent.wm, "vis_decoder") if hide else contextlib.nullcontext():
+            agent.model_opt.step(agent.wm.loss(batch_t)[0])
         if agent.device.type == "cuda":
             torch.cuda.synchronize()
         wm_times.append(time.perf_counter() - start)
@@ -130,6 +143,13 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
         # CPU seconds of this process: robust to other processes sharing the cores
         "cpu_sec_per_update": float(np.median(cpu_times)),
         "cpu_sec_per_wm_update": float(np.median(wm_cpu_times)),
+        # means over the timed updates: with a multiple of model.vis_every of them, they carry
+        # the visualisation decoder's share (a median would leave it out)
+        "mean_sec_per_update": float(np.mean(times)),
+        "mean_sec_per_wm_update": float(np.mean(wm_times)),
+        "mean_cpu_sec_per_update": float(np.mean(cpu_times)),
+        "mean_cpu_sec_per_wm_update": float(np.mean(wm_cpu_times)),
+        "vis_every": int(config.model.vis_every),
         "peak_mb": peak_mb,
         "params_m": params / 1e6,
         "batch": f"{batch}x{length}",
@@ -139,12 +159,20 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=None,
+                        help="timed updates (default 3; --ratios: model.vis_every)")  # fmt: skip
+    parser.add_argument("--ratios", action="store_true", help=f"run {' '.join(RATIO_RUN)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ratios:
+        from daydream.core.config import load_config
+
+        args.only = RATIO_RUN
+        args.updates = args.updates or int(load_config(None, "dreaming").model.vis_every)
+    args.updates = args.updates or 3
     if args.child:
         print(json.dumps(measure(args.child, args.updates, args.threads, args.batch, args.length)))
         return
@@ -187,8 +215,10 @@ def main() -> None:
         # On a CPU shared with other work, wall time is noisy; process CPU time is not (with
         # one thread it is the work done). On CUDA only wall time means anything.
         key = "sec" if any(r["device"] != "cpu" for r in results.values()) else "cpu_sec"
+        key = f"mean_{key}"  # means over the timed updates: the decoder's share included
         print(
-            f"\nreconstruction-free / reconstruction, same model size ({key.replace('_', ' ')}):"
+            f"\nreconstruction-free / reconstruction, same model size ({key.replace('_', ' ')}, "
+            f"{args.updates} updates; a multiple of model.vis_every amortises the decoder):"
             f"\n{'':<31} {'update':>7} {'wm only':>7}"
         )
         for free, recon in pairs:

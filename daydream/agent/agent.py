@@ -85,6 +85,18 @@ def frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def without_head(wm: nn.Module, name: str):
+    """The world model without one of its heads while the block runs (its loss skips a head it
+    does not have); the head and its parameters are untouched."""
+    heads = wm.heads
+    wm.heads = nn.ModuleDict({k: m for k, m in heads.items() if k != name})
+    try:
+        yield
+    finally:
+        wm.heads = heads
+
+
 class Agent:
     """Owns the world model, the behaviour (actor, critics) and their optimisers."""
 
@@ -118,6 +130,11 @@ class Agent:
         ).to(self.device)
         # The visualisation decoder (reconstruction-free models) learns on detached features
         # with its own optimiser, so that its gradient norm never scales the world model's clip.
+        if config.model.vis_every < 1:
+            raise ValueError(
+                f"model.vis_every is the number of updates between two of the visualisation "
+                f"decoder's; it must be at least 1, got {config.model.vis_every}"
+            )
         vis = self.wm.heads["vis_decoder"] if "vis_decoder" in self.wm.heads else None
         vis_ids = {id(p) for p in vis.parameters()} if vis is not None else set()
         self.model_opt = Optimizer(
@@ -189,15 +206,23 @@ class Agent:
 
     # ------------------------------------------------------------------ learning
     def train(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        """One world-model update and one behaviour update on a (B, T, ...) batch."""
+        """One world-model update and one behaviour update on a (B, T, ...) batch.
+
+        The visualisation decoder (reconstruction-free models) trains on updates 0, N, 2N, ...
+        (N = ``model.vis_every``); on the others the world model's loss leaves it out.
+        """
         data = preprocess(to_torch(batch, self.device), self.wm.images)
-        wm_loss, post, metrics = self.wm.loss(data)
+        vis = self.vis_opt is not None and self.updates % self.config.model.vis_every == 0
+        with contextlib.nullcontext() if vis else without_head(self.wm, "vis_decoder"):
+            wm_loss, post, metrics = self.wm.loss(data)
+        if "wm/model_loss" in metrics:  # wm/loss: the world model's own, on every update alike
+            metrics["wm/loss"] = metrics.pop("wm/model_loss")
         self.model_opt.zero_grad()
-        if self.vis_opt is not None:
+        if vis:
             self.vis_opt.zero_grad()
         wm_loss.backward()
         metrics["wm/grad_norm"] = self.model_opt.clip_and_step()
-        if self.vis_opt is not None:
+        if vis:
             metrics["wm/vis_grad_norm"] = self.vis_opt.clip_and_step()
 
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}  # (B*T, ...)
