@@ -453,3 +453,28 @@ def test_a_stop_always_latches_and_a_reset_records_the_person_who_released_it(tm
     finally:
         client.close()
         server.close()
+
+
+def test_robot_view_shows_disconnected_since_the_last_report_and_the_newest_safety_state():
+    from daydream.runtime.console_web import robot_view
+
+    entry = {"id": "arm", "last_seen": 100.0, "status_at": 100.0, "returns": [1.0],
+             "status": {"stopped": False, "overridden": True, "steps": 5},
+             "console": {"endpoint": "tcp://h:1", "key": "K" * 40, "problem": ""}}  # fmt: skip
+    view = robot_view(entry, None, now=101.0, stale_after_s=5.0, newest=3)
+    assert view["state"] == "overridden" and view["console"]["reachable"] is None
+    view = robot_view(entry, None, now=106.0, stale_after_s=5.0, newest=3)
+    assert view["state"] == "disconnected" and view["since"] == 100.0
+    # the console's answer after the heartbeat wins: the stop latched since it came
+    answer = {"at": 100.5, "reachable": True, "status": {
+        "stopped": True, "stop_source": "key", "reason": "r", "stopped_since": 100.4,
+        "overridden": False}}  # fmt: skip
+    view = robot_view(entry, answer, now=101.0, stale_after_s=5.0, newest=3)
+    assert view["state"] == "stopped" and view["stop"] == {"source": "key", "reason": "r",
+                                                           "since": 100.4}  # fmt: skip
+    # ... and a newer heartbeat wins over an older answer
+    view = robot_view({**entry, "status_at": 100.6}, answer, now=101.0, stale_after_s=5.0,
+                      newest=3)  # fmt: skip
+    assert view["state"] == "overridden" and view["stop"] is None
+    assert "no safety console" in robot_view({**entry, "console": {}}, None, 101.0, 5.0, 3)[
+        "console"]["problem"]  # fmt: skip

@@ -19,6 +19,8 @@ shows these in its metrics and progress line).
 Every ack and weights announcement also carries ``behind``: how many environment steps the
 learner is behind its training ratio (``set_pace``), so that simulated robots can wait for
 it (real robots never do).
+It keeps every robot's newest heartbeat report (state, safety console, camera thumbnail) for
+the fleet console: ``robots()`` and ``thumbnail(id)`` (``daydream/wire/fleet.py``).
 It also serves the newest policy weights: ``publish_weights(params, version)`` (from the
 learner) announces the version to every robot seen recently; a robot that asks
 (``weights_request``) with an older version gets the weights.
