@@ -32,10 +32,11 @@ from tests.tiny import tiny_model
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-4
 
-# name -> (task file, overrides): continuous actions from pixels and vectors, one-hot actions,
-# and Dreamer's Gaussian latent
+# name -> (task file, overrides): continuous actions from vectors, and from pixels and
+# proprioception, one-hot actions, and Dreamer's Gaussian latent
 CASES = {
     "reach": ("configs/sim_ur5_reach.yaml", []),
+    "reach_pixels": ("configs/sim_ur5_reach_pixels.yaml", []),
     "pick": ("configs/sim_ur5_pick.yaml", []),
     "gaussian": ("configs/pendulum.yaml", ["algo=dreamer"]),
 }
