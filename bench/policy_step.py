@@ -1,9 +1,15 @@
-"""Policy latency at batch 1 with one torch thread: p50 and p99 over 1,000 calls.
+"""Policy latency at batch 1 on one thread, torch vs ONNX Runtime (actor.backend): p50 and p99.
 
-    python bench/policy_step.py                           # the robot model sizes below
-    python bench/policy_step.py --config configs/sim_ur5_pick.yaml
+    python bench/policy_step.py                       # the robot configs, both sizes
+    python bench/policy_step.py --config configs/sim_ur5_pick.yaml --sizes daydreamer
+    python bench/policy_step.py --calls 50            # a quick check that it runs
 
-Target (issue 2): p99 under 10 ms on a 2-core CPU for the default robot config.
+For each robot config and size (DayDreamer's, which a robot computer runs when the learner has
+CUDA, and the small one): the torch Agent's policy and the exported graph in ONNX Runtime
+(daydream/runtime/onnx_policy.py) act on the same observation, explore mode, the recurrent
+state carried; blocks of calls alternate between the two so that a busy machine slows both
+alike. Prints p50/p99 per backend and torch / onnx. Target (issue 13): onnx p99 at most 2 ms at
+DayDreamer's UR5 size.
 """
 
 from __future__ import annotations
@@ -22,50 +28,78 @@ import robots  # noqa: E402
 from daydream.agent.agent import Agent  # noqa: E402
 from daydream.core.config import load_config  # noqa: E402
 from daydream.core.spaces import step_spaces  # noqa: E402
+from daydream.runtime.onnx_policy import OnnxPolicy  # noqa: E402
 
 DEFAULT_CONFIGS = [
     "configs/sim_ur5_pick.yaml",
     "configs/sim_ur5_reach.yaml",
+    "configs/sim_ur5_reach_pixels.yaml",
     "configs/sim_quadruped.yaml",
 ]
+BLOCK = 50  # calls per backend before switching to the other
 
 
-def latency(config_path: str, calls: int) -> tuple[float, float, str]:
-    config = load_config(config_path, overrides=["device=cpu"])
+def policies(config_path: str, size: str):
+    """The torch Agent and an OnnxPolicy with the same weights, and an observation."""
+    config = load_config(config_path, overrides=["device=cpu", f"size={size}",
+                                                 "actor.backend=onnx"])  # fmt: skip
     obs_space, act_space = robots.spaces(config.robot.name, config)
     agent = Agent(obs_space, act_space, config)
+    onnx = OnnxPolicy(obs_space, act_space, config.behavior.expl_noise, np.random.default_rng(0))
+    onnx.load_policy_weights(agent.policy_weights())
     rng = np.random.default_rng(0)
     obs = {
-        k: (
-            rng.integers(0, 255, s.shape, dtype=np.uint8)
-            if s.is_image
-            else np.zeros(s.shape, s.dtype)
-        )
+        k: rng.integers(0, 255, s.shape, dtype=np.uint8)
+        if s.is_image
+        else np.zeros(s.shape, s.dtype)
         for k, s in obs_space.items()
     }
     obs.update({k: np.zeros((), s.dtype) for k, s in step_spaces().items()})
-    state = None
-    for _ in range(50):
-        _, state = agent.policy(obs, state)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        _, state = agent.policy(obs, state)
-        times.append(time.perf_counter() - start)
     keys = ",".join(f"{k}{list(s.shape)}" for k, s in obs_space.items() if k not in step_spaces())
-    return np.percentile(times, 50) * 1e3, np.percentile(times, 99) * 1e3, keys
+    params = sum(
+        v.size for k, v in agent.policy_weights().arrays.items() if not k.startswith("onnx.")
+    )
+    return {"torch": agent, "onnx": onnx}, obs, keys, params
+
+
+def latency(config_path: str, size: str, calls: int) -> dict:
+    backends, obs, keys, params = policies(config_path, size)
+    states = {name: None for name in backends}
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for name, policy in backends.items():  # warm-up
+        for _ in range(20):
+            _, states[name] = policy.policy(obs, states[name])
+    while len(times["onnx"]) < calls:
+        for name, policy in backends.items():
+            state = states[name]
+            for _ in range(min(BLOCK, calls - len(times[name]))):
+                start = time.perf_counter()
+                _, state = policy.policy(obs, state)
+                times[name].append(time.perf_counter() - start)
+            states[name] = state
+    out = {"keys": keys, "params_m": params / 1e6}
+    for name, ts in times.items():
+        out[name] = (np.percentile(ts, 50) * 1e3, np.percentile(ts, 99) * 1e3)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", nargs="*", default=DEFAULT_CONFIGS)
-    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--sizes", nargs="*", default=["daydreamer", "small"])
+    parser.add_argument("--calls", type=int, default=1000, help="timed calls per backend")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"{'config':<30} {'p50 ms':>7} {'p99 ms':>7}  sensors")
+    torch.set_num_threads(1)  # the robot actor's process: one thread (ONNX Runtime: one too)
+    print(f"{'config':<34} {'size':<10} {'params':>7} {'torch p50':>9} {'p99':>6} "
+          f"{'onnx p50':>9} {'p99':>6} {'torch/onnx p50':>14} {'p99':>5}  sensors")  # fmt: skip
     for path in args.config:
-        p50, p99, keys = latency(path, args.calls)
-        print(f"{path:<30} {p50:>7.2f} {p99:>7.2f}  {keys}", flush=True)
+        for size in args.sizes:
+            r = latency(path, size, args.calls)
+            (t50, t99), (o50, o99) = r["torch"], r["onnx"]
+            print(f"{path:<34} {size:<10} {r['params_m']:>6.2f}M {t50:>9.2f} {t99:>6.2f} "
+                  f"{o50:>9.2f} {o99:>6.2f} {t50 / o50:>14.2f} {t99 / o99:>5.2f}  {r['keys']}",
+                  flush=True)  # fmt: skip
+    print("milliseconds per policy call, batch 1, one thread, explore mode")
 
 
 if __name__ == "__main__":
