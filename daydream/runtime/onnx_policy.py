@@ -1,20 +1,22 @@
-"""The policy on the robot computer with ONNX Runtime and numpy, no torch (``actor.backend: onnx``).
+"""The policy on the robot computer with ONNX Runtime and numpy, no torch (actor.backend onnx).
 
     learner (torch)                                     robot actor process (this module)
     ───────────────                                     ─────────────────────────────────
-    Agent.policy_weights(): the parameters as numpy  ─▶ link thread: OnnxPolicy.load_policy_weights
-      arrays + ONNX_GRAPH_KEY: the graph of one tick      builds a new InferenceSession on the spare
+    Agent.policy_weights(): the parameters as numpy  ─▶ link thread: load_policy_weights builds
+      arrays + ONNX_GRAPH_KEY: the graph of one tick      a new InferenceSession on the spare
       (daydream/agent/export.py, exported once)           copy, the arrays bound as its initializers
                                                         control thread: PolicySlots.current() swaps
                                                           the ready copy in between two ticks
 
 Why a new session per weights version: ONNX Runtime prepacks constant weights for its matrix
 kernels when a session is built, which is what makes a tick fast; weights fed as inputs every
-tick would lose that. A session of DayDreamer's UR5 policy builds in tens of milliseconds,
-on the link's thread (ONNX Runtime releases the GIL meanwhile), into the policy copy that is
-not acting (``robot_actor.PolicySlots``); the control thread swaps copies by reference, so it
-never waits for weights. The graph's parameters are external data named by their
-``PolicyWeights`` keys and given to the session with ``add_external_initializers``.
+tick would lose that. A session of DayDreamer's UR5 policy builds in about 50 ms on the link's
+thread, into the policy copy that is not acting (``robot_actor.PolicySlots``); the control
+thread swaps copies by reference, so it never waits for weights. ONNX Runtime releases the GIL
+while it optimises the graph (most of the build); parsing it holds the GIL for a few ms, which
+the link times into the idle time after a tick, as it does torch's load (links.WeightsReceiver).
+The graph's parameters are external data named by their ``PolicyWeights`` keys (the learner
+sends the list: ONNX_PARAMS_KEY) and given to the session with ``add_external_initializers``.
 
 One tick (the graph's inputs and outputs are listed in daydream/agent/export.py):
 
