@@ -120,9 +120,9 @@ def _transition_grad_after_actor_loss(agent: Agent) -> float:
     """Sum of |grad| that the actor loss sends into the RSSM's transition (img_in, cell)."""
     start = agent.wm.rssm.initial(6)
     start["deter"] = torch.randn_like(start["deter"])
-    _, feat, actions = agent.behavior.imagine(agent.wm, start)
+    _, feat, actions, policy = agent.behavior.imagine(agent.wm, start)
     ret, weight, value = agent.behavior.targets(agent.wm, feat, torch.ones(6))
-    loss, _ = agent.behavior.actor_loss(feat, actions, ret, value, weight)
+    loss, _ = agent.behavior.actor_loss(feat, actions, ret, value, weight, policy)
     params = [*agent.wm.rssm.img_in.parameters(), *agent.wm.rssm.cell.parameters()]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return sum(float(g.abs().sum()) for g in grads if g is not None)
@@ -142,7 +142,8 @@ def test_reinforce_actor_gradient_does_not_touch_the_transition(discrete):
     # ... yet the actor itself does learn: its parameters get a gradient.
     start = agent.wm.rssm.initial(6)
     start["deter"] = torch.randn_like(start["deter"])
-    _, feat, actions = agent.behavior.imagine(agent.wm, start)
+    _, feat, actions, policy = agent.behavior.imagine(agent.wm, start)
+    assert policy is None  # reinforce: imagination runs without gradients
     ret, weight, value = agent.behavior.targets(agent.wm, feat, torch.ones(6))
     ret = ret + torch.randn_like(ret)  # non-zero advantages
     loss, _ = agent.behavior.actor_loss(feat, actions, ret, value, weight)
@@ -239,3 +240,18 @@ def test_agent_state_dict_round_trip_restores_training_state():
         torch.testing.assert_close(a, b)
     assert clone.model_opt.opt.state_dict()["state"].keys() == agent.model_opt.opt.state_dict()[
         "state"].keys()
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_the_policy_reused_from_imagination_is_the_actor_on_the_detached_features(discrete):
+    agent = _agent(discrete, "dynamics")
+    start = agent.wm.rssm.initial(6)
+    start["deter"] = torch.randn_like(start["deter"])
+    _, feat, actions, policy = agent.behavior.imagine(agent.wm, start)
+    assert actions.shape[0] == feat.shape[0] - 1 == agent.config.behavior.horizon
+    again = agent.behavior.actor(feat[:-1].detach())
+    for name in ("logits",) if discrete else ("mean", "std"):
+        torch.testing.assert_close(getattr(policy, name), getattr(again, name))
+    actor = list(agent.behavior.actor.parameters())
+    entropy = torch.autograd.grad(policy.entropy().mean(), actor, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in entropy)  # still trains the actor

@@ -145,9 +145,9 @@ def test_dynamics_actor_gradient_uses_detached_policy_inputs(discrete):
     start, actor = _start(agent), list(agent.behavior.actor.parameters())
     torch.manual_seed(1)
     with frozen(agent.wm):
-        _, feat, actions = behavior.imagine(agent.wm, start)
+        _, feat, actions, policy = behavior.imagine(agent.wm, start)
         ret, weight, value = behavior.targets(agent.wm, feat, torch.ones(6))
-        loss, _ = behavior.actor_loss(feat, actions, ret, value, weight)
+        loss, _ = behavior.actor_loss(feat, actions, ret, value, weight, policy)
     got = torch.autograd.grad(loss, actor)
 
     torch.manual_seed(1)  # the same samples, drawn in the same order
@@ -283,7 +283,7 @@ def test_reinforce_advantage_takes_the_slow_critic_as_baseline():
     behavior, feat, (ret, weight, value) = _table_rollout(
         True, "behavior.actor_grad=reinforce", "behavior.actor_ent=0.01")
     actions = torch.nn.functional.one_hot(torch.tensor([[0, 1], [1, 1], [0, 0], [1, 0]]), 2)
-    loss, _ = behavior.actor_loss(feat, actions.float(), ret, value, weight)
+    loss, _ = behavior.actor_loss(feat, actions[:-1].float(), ret, value, weight)
     dist = behavior.actor(feat[:-1])
     advantage = ret - torch.tensor(VALUE[:-1])  # the slow critic's values
     objective = dist.log_prob(actions[:-1].float()) * advantage + 0.01 * dist.entropy()

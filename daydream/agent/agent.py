@@ -228,9 +228,9 @@ class Agent:
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}  # (B*T, ...)
         start_cont = 1.0 - data["is_terminal"].float().reshape(-1)
         with frozen(self.wm):
-            _, feat, actions = self.behavior.imagine(self.wm, start)
+            _, feat, actions, policy = self.behavior.imagine(self.wm, start)
             ret, weight, value = self.behavior.targets(self.wm, feat, start_cont)
-            actor_loss, m = self.behavior.actor_loss(feat, actions, ret, value, weight)
+            actor_loss, m = self.behavior.actor_loss(feat, actions, ret, value, weight, policy)
             metrics.update(m)
             metrics["actor/loss"] = float(actor_loss.detach())
             metrics["actor/grad_norm"] = self.actor_opt.step(actor_loss)

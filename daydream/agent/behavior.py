@@ -53,7 +53,10 @@ class ActorNetwork(nn.Module):
         self.net = MLP(feat, out, cfg.layers, cfg.units, act, norm)
 
     def forward(self, feat: torch.Tensor) -> OneHotST | TanhNormal:
-        x = self.net(feat)
+        return self.dist(self.net(feat))
+
+    def dist(self, x: torch.Tensor) -> OneHotST | TanhNormal:
+        """The action distribution from the network's raw output ``x`` (..., out)."""
         if self.discrete:
             return OneHotST(x, unimix=0.0)
         mean, std = x.chunk(2, -1)
@@ -96,23 +99,33 @@ class Behavior(nn.Module):
                     s.mul_(1 - mix).add_(mix * d)
         self.updates += 1
 
-    def imagine(self, world_model, start: State) -> tuple[State, torch.Tensor, torch.Tensor]:
-        """Imagine H steps from each start state (N, ...): states, feats (H+1, N, F), actions."""
+    def imagine(
+        self, world_model, start: State
+    ) -> tuple[State, torch.Tensor, torch.Tensor, OneHotST | TanhNormal | None]:
+        """Imagine H steps from each start state (N, ...).
+
+        Returns states and feats (H+1, N, F), actions (H, N, A), and in ``dynamics`` mode the
+        policy's distributions at s_0 .. s_{H-1} as one (H, N) distribution that still carries
+        the actor's gradient (``actor_loss`` reuses it instead of running the actor again);
+        None in ``reinforce`` mode, where imagination runs without gradients.
+        """
         rssm = world_model.rssm
+        raw: list[torch.Tensor] = []
 
         def policy(state: State) -> torch.Tensor:
             # The policy sees detached features, as in every reference: in dynamics mode the
             # actor's gradient reaches it through a_i -> s_{i+1} -> reward and value, never
             # through d a_{i+1} / d s_{i+1}.
-            dist = self.actor(rssm.feat(state).detach())
+            raw.append(self.actor.net(rssm.feat(state).detach()))
+            dist = self.actor.dist(raw[-1])
             return dist.rsample() if self.actor_grad == "dynamics" else dist.sample().detach()
 
         if self.actor_grad == "reinforce":
             with torch.no_grad():
                 states, actions = rssm.imagine(policy, start, self.cfg.horizon)
-        else:
-            states, actions = rssm.imagine(policy, start, self.cfg.horizon)
-        return states, rssm.feat(states), actions
+            return states, rssm.feat(states), actions, None
+        states, actions = rssm.imagine(policy, start, self.cfg.horizon)
+        return states, rssm.feat(states), actions, self.actor.dist(torch.stack(raw))
 
     def targets(self, world_model, feat: torch.Tensor, start_cont: torch.Tensor):
         """Rewards, discounts, lambda-returns and trajectory weights of an imagined rollout."""
@@ -137,20 +150,23 @@ class Behavior(nn.Module):
         ret: torch.Tensor,
         value: torch.Tensor,
         weight: torch.Tensor,
+        dist: OneHotST | TanhNormal | None = None,
     ) -> tuple[torch.Tensor, dict]:
         """Actor objective (DreamerV2 eq. 6):
 
             L = -sum_i w_i [rho ln pi(a_i|s_i) sg(R_i - v(s_i)) + (1 - rho) R_i + eta H[pi(.|s_i)]]
 
         with rho = 1 for ``reinforce`` and rho = 0 for ``dynamics`` (R_i differentiated through
-        the learned dynamics), eta = ``actor_ent``.
+        the learned dynamics), eta = ``actor_ent``. ``dist``: the policy at s_0 .. s_{H-1} from
+        ``imagine`` (dynamics mode); without it the actor runs again on sg(feat).
         """
-        dist = self.actor(feat[:-1].detach())
+        if dist is None:
+            dist = self.actor(feat[:-1].detach())
         if self.actor_grad == "dynamics":
             objective = ret
         else:
             advantage = (ret - value[:-1]).detach()
-            objective = dist.log_prob(actions[:-1].detach()) * advantage
+            objective = dist.log_prob(actions.detach()) * advantage
         entropy = dist.entropy()
         loss = -(weight[:-1] * (objective + self.cfg.actor_ent * entropy)).mean()
         return loss, {

@@ -170,8 +170,8 @@ class RSSM(nn.Module):
     ) -> tuple[State, torch.Tensor]:
         """Roll the prior forward from ``start`` (N, ...) for ``horizon`` steps.
 
-        Returns states (H+1, N, ...) with the start at index 0, and actions (H+1, N, A)
-        where action[i] is taken in state[i] (the last one is never executed).
+        Returns states (H+1, N, ...) with the start at index 0, and actions (H, N, A) where
+        action[i] is taken in state[i] (none is drawn in the last state: nothing uses it).
         """
         states, actions = [start], []
         state = start
@@ -180,7 +180,6 @@ class RSSM(nn.Module):
             actions.append(action)
             state = self.img_step(state, action)
             states.append(state)
-        actions.append(policy(state))
         return {k: torch.stack([s[k] for s in states]) for k in start}, torch.stack(actions)
 
     # ------------------------------------------------------------------ loss
