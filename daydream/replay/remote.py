@@ -2,6 +2,7 @@
 
     start_ray(num_cpus=2, object_store_mb=256)          # or start_ray(address="auto")
     replay = RemoteReplay.start(**replay_options(...))  # a threaded ReplayService actor
+    replay = RemoteReplay.start("daydream_replay", ...)  # on a node declaring that resource
     batch = replay.sample(16, 64, timeout=0.5)          # None while the limiter says no
     ticket = replay.submit(items)                       # the gateway's pipelined adds
     replay.done([ticket])                               # -> [(ticket, results or error)]
@@ -46,6 +47,15 @@ def stop_ray() -> None:
     ray.shutdown()
 
 
+PLACEMENT_AMOUNT = 0.01  # of a custom resource: a label that places an actor, asking nothing else
+
+
+def placement(resource: str) -> dict[str, Any]:
+    """Ray options that put an actor on a node declaring the custom ``resource`` (deploy/RAY.md);
+    '': no request (Ray places it on the caller's node first)."""
+    return {"resources": {resource: PLACEMENT_AMOUNT}} if resource else {}
+
+
 def remote_class(cls: type, **ray_options: Any):
     """``cls`` as a threaded Ray actor class (its methods may run beside a running loop)."""
     return ray.remote(max_concurrency=4, num_cpus=0, **ray_options)(cls)
@@ -70,9 +80,10 @@ class RemoteReplay:
         self.handle = handle
 
     @classmethod
-    def start(cls, **options: Any) -> RemoteReplay:
-        """Start the replay actor (it reloads its directory before answering anything)."""
-        return cls(ReplayActor.remote(**options))
+    def start(cls, resource: str = "", **options: Any) -> RemoteReplay:
+        """Start the replay actor (it reloads its directory before answering anything), on a
+        node declaring the custom ``resource`` when one is named."""
+        return cls(ReplayActor.options(**placement(resource)).remote(**options))
 
     def sample(self, batch_size: int, length: int, timeout: float = 0.0, counted: bool = True):
         return ray.get(

@@ -51,7 +51,14 @@ from daydream.agent import checkpoint
 from daydream.agent.agent import Agent
 from daydream.core.clocks import Every
 from daydream.core.spaces import Space, record_spaces
-from daydream.replay.remote import RemoteReplay, call, kill, ray_running, remote_class
+from daydream.replay.remote import (
+    RemoteReplay,
+    call,
+    kill,
+    placement,
+    ray_running,
+    remote_class,
+)
 from daydream.replay.service import replay_options
 from daydream.runtime.logger import MetricsLogger
 
@@ -222,7 +229,8 @@ class GatewayRunner:
             self.gateway = Gateway(replay, bind, **kwargs)
             self.endpoint = self.gateway.start()
         elif self.mode == "ray":
-            self.gateway = remote_class(Gateway).remote(replay, bind, **kwargs)
+            actor = remote_class(Gateway, **placement(config.learner.gateway_resource))
+            self.gateway = actor.remote(replay, bind, **kwargs)
             self.endpoint = call(self.gateway, "start")
         else:
             raise ValueError(f"learner.gateway must be thread or ray, got {self.mode!r}")
@@ -662,7 +670,9 @@ def start_learner(
     if not ray_running():
         raise RuntimeError("the learner needs Ray: start it first (daydream run does)")
     spaces = robots.spaces(config.robot.name, config)
-    replay = RemoteReplay.start(**replay_options(config.replay, config.logdir, config.seed))
+    replay = RemoteReplay.start(
+        config.learner.replay_resource, **replay_options(config.replay, config.logdir, config.seed)
+    )
     try:
         for stream, key in (rebind or {}).items():
             before = replay.rebind(stream, key)
