@@ -28,6 +28,32 @@ from daydream.core.weights import PolicyWeights
 POLICY_MODULES = ("encoder", "rssm", "actor")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (faster than float32): CUDA with
+    bf16 support, or a CPU with AVX512-BF16 or AMX (elsewhere oneDNN emulates it, slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """``train.precision`` -> the autocast dtype of an update (None: float32 throughout)."""
+    if name == "float32":
+        return None
+    if name == "bfloat16":
+        return torch.bfloat16
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    raise ValueError(f"train.precision must be float32, bfloat16 or auto, got {name!r}")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -145,6 +171,7 @@ class Agent:
         self.critic_opt = Optimizer(self.behavior.critic.parameters(), config.behavior.critic_opt)
         self.updates = 0
         self._sensor_keys = self.wm.images + self.wm.vectors
+        self.precision = resolve_precision(str(config.train.precision), self.device)
         self._onnx_graph: dict[str, np.ndarray] | None = None  # exported once (actor.backend onnx)
 
     # ------------------------------------------------------------------ acting
@@ -205,6 +232,11 @@ class Agent:
         return torch.rand(batch, size, device=self.device) * 2 - 1
 
     # ------------------------------------------------------------------ learning
+    def _autocast(self):
+        """The forward passes of an update in ``train.precision`` (backward follows it)."""
+        dtype = self.precision or torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision is not None)
+
     def train(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         """One world-model update and one behaviour update on a (B, T, ...) batch.
 
@@ -214,7 +246,8 @@ class Agent:
         data = preprocess(to_torch(batch, self.device), self.wm.images)
         vis = self.vis_opt is not None and self.updates % self.config.model.vis_every == 0
         with contextlib.nullcontext() if vis else without_head(self.wm, "vis_decoder"):
-            wm_loss, post, metrics = self.wm.loss(data)
+            with self._autocast():
+                wm_loss, post, metrics = self.wm.loss(data)
         if "wm/model_loss" in metrics:  # wm/loss: the world model's own, on every update alike
             metrics["wm/loss"] = metrics.pop("wm/model_loss")
         self.model_opt.zero_grad()
@@ -228,13 +261,15 @@ class Agent:
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}  # (B*T, ...)
         start_cont = 1.0 - data["is_terminal"].float().reshape(-1)
         with frozen(self.wm):
-            _, feat, actions, policy = self.behavior.imagine(self.wm, start)
-            ret, weight, value = self.behavior.targets(self.wm, feat, start_cont)
-            actor_loss, m = self.behavior.actor_loss(feat, actions, ret, value, weight, policy)
+            with self._autocast():
+                _, feat, actions, policy = self.behavior.imagine(self.wm, start)
+                ret, weight, value = self.behavior.targets(self.wm, feat, start_cont)
+                actor_loss, m = self.behavior.actor_loss(feat, actions, ret, value, weight, policy)
             metrics.update(m)
             metrics["actor/loss"] = float(actor_loss.detach())
             metrics["actor/grad_norm"] = self.actor_opt.step(actor_loss)
-        critic_loss, m = self.behavior.critic_loss(feat, ret, weight)
+        with self._autocast():
+            critic_loss, m = self.behavior.critic_loss(feat, ret, weight)
         metrics.update(m)
         metrics["critic/loss"] = float(critic_loss.detach())
         metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)

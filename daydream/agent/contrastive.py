@@ -180,7 +180,7 @@ class LinearDynamics(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return feat + self.linear(torch.cat([feat, action], -1))
+        return feat + self.linear(torch.cat([feat, action], -1)).float()
 
 
 def linear_overshoot(
@@ -259,4 +259,4 @@ class ContrastiveHead(nn.Module):
         self.obs = nn.Linear(embed, units)
 
     def forward(self, feat: torch.Tensor, embed: torch.Tensor):
-        return self.latent(feat), self.obs(embed)
+        return self.latent(feat), self.obs(embed).float()

@@ -2,6 +2,11 @@
 
 All modules take and return plain tensors; leading dimensions (B, T, ...) are
 flattened inside and restored on the way out.
+
+Mixed precision (``train.precision: bfloat16``, under ``torch.autocast``): the matrix
+products and convolutions inside run in bfloat16, but every module returns float32, and
+the GRU's gates and state are float32, so the distributions, losses and the recurrent
+state built on these outputs keep full precision. Outside autocast ``.float()`` is free.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class MLP(nn.Module):
         self.out_dim = out if out is not None else inp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x).float()
 
 
 class ConvEncoder(nn.Module):
@@ -70,7 +75,7 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)  # (N, C, H, W)
-        return self.net(x).reshape(*lead, -1)
+        return self.net(x).reshape(*lead, -1).float()
 
 
 class ConvDecoder(nn.Module):
@@ -100,7 +105,7 @@ class ConvDecoder(nn.Module):
             x = nn.functional.interpolate(
                 x, size=self.shape[:2], mode="bilinear", align_corners=False
             )
-        return x.permute(0, 2, 3, 1).reshape(*lead, *self.shape)
+        return x.permute(0, 2, 3, 1).reshape(*lead, *self.shape).float()
 
 
 class NormGRUCell(nn.Module):
@@ -113,7 +118,7 @@ class NormGRUCell(nn.Module):
         self.norm = nn.LayerNorm(3 * size) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        parts = self.norm(self.linear(torch.cat([x, h], -1)))
+        parts = self.norm(self.linear(torch.cat([x, h], -1)).float())
         reset, cand, update = parts.split(self.size, -1)
         reset = torch.sigmoid(reset)
         cand = torch.tanh(reset * cand)

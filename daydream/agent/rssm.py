@@ -98,6 +98,7 @@ class RSSM(nn.Module):
         )
 
     def _stats(self, x: torch.Tensor) -> State:
+        x = x.float()  # distribution parameters in full precision, also under autocast
         if self.classes:
             logits = x.reshape(*x.shape[:-1], self.stoch, self.classes)
             return {"logits": OneHotST(logits, self.unimix).logits}

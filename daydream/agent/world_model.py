@@ -248,7 +248,7 @@ class WorldModel(nn.Module):
         steps = max(0, min(int(ccfg.overshoot), length - 2))
         is_first = data["is_first"]
         head = self.heads["contrastive"]
-        keys = head.obs(key_embed).reshape(batch * length, -1)  # (N, P): every x' of the batch
+        keys = head.obs(key_embed).float().reshape(batch * length, -1)  # (N, P): every x'
         nce_terms = []
         preds = contrastive.linear_overshoot(
             feat, prev_action, self.heads["linear_dynamics"], steps
