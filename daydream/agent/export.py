@@ -25,9 +25,10 @@ The action is drawn from pi on the robot side (daydream/runtime/onnx_policy.py),
 every parameter stripped out as external data named by its ``PolicyWeights`` key
 (``encoder.cnns.image.net.0.weight``, ...), and the list of those names: the graph is a few
 hundred kB whatever the model's size, and the robot binds each new version of the weights into
-it (the weights travel as they always have; daydream/core/weights.py). The exporter's own optimiser stays off: it merges initializers that are equal
-(every fresh LayerNorm weight is all ones) and so would lose their names; ONNX Runtime
-optimises the graph itself when a session is built.
+it (the weights travel as they always have; daydream/core/weights.py). The exporter's own
+optimiser stays off: it merges initializers that are equal (every fresh LayerNorm weight is
+all ones) and so would lose their names; ONNX Runtime optimises the graph itself when a
+session is built.
 """
 
 from __future__ import annotations
