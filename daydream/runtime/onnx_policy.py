@@ -76,7 +76,7 @@ class OnnxPolicy:
         self.session: ort.InferenceSession | None = None
         self._held: list = []  # the arrays the session's initializers point into
         self._shapes: dict[str, tuple[int, ...]] = {}
-        self._sensors: list[str] = []
+        self._sensors: dict[str, np.dtype] = {}  # the graph's observation keys and dtypes
         self._outputs: list[str] = []
         self.updates = -1
 
@@ -119,7 +119,11 @@ class OnnxPolicy:
                 "(update daydream on the robot or the learner)"
             )
         shapes = {i.name: tuple(i.shape) for i in session.get_inputs()}
-        sensors = [n[len("obs.") :] for n in shapes if n.startswith("obs.")]
+        sensors = {
+            i.name[len("obs.") :]: np.dtype(np.uint8 if i.type == "tensor(uint8)" else np.float32)
+            for i in session.get_inputs()
+            if i.name.startswith("obs.")
+        }
         for key in sensors:
             space = self.obs_space.get(key)
             if space is None or shapes[f"obs.{key}"] != (1, *space.shape):
@@ -155,7 +159,7 @@ class OnnxPolicy:
         self, obs: dict, latent: dict[str, np.ndarray], prev_action: np.ndarray, explore: bool
     ) -> dict[str, np.ndarray]:
         """Run the graph once; every output by name (next.deter, post.*, action.*)."""
-        feed = {f"obs.{k}": np.asarray(obs[k])[None] for k in self._sensors}
+        feed = {f"obs.{k}": np.asarray(obs[k], dtype)[None] for k, dtype in self._sensors.items()}
         noise_shape = self._shapes["noise"]
         if not explore:
             noise = np.zeros(noise_shape, np.float32)
@@ -175,6 +179,7 @@ class OnnxPolicy:
         return dict(zip(self._outputs, values, strict=True))
 
     def action(self, outputs: dict[str, np.ndarray], mode: str) -> np.ndarray:
+        """The action (A,) float32 drawn from the graph's actor outputs in this mode."""
         size, rng = self.action_space.shape[0], self.rng
         if self.discrete:
             probs = outputs["action.probs"][0]
