@@ -255,3 +255,38 @@ def test_the_policy_reused_from_imagination_is_the_actor_on_the_detached_feature
     actor = list(agent.behavior.actor.parameters())
     entropy = torch.autograd.grad(policy.entropy().mean(), actor, allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in entropy)  # still trains the actor
+
+
+def test_running_norm_holds_the_statistics_of_every_batch_it_saw():
+    from daydream.agent.nets import RunningNorm
+
+    rng = np.random.default_rng(0)
+    batches = [rng.normal([0.46, -1.5, 3.0], [0.1, 0.5, 2.0], (n, 3)) for n in (7, 300, 41)]
+    norm = RunningNorm(3)
+    for b in batches:
+        norm.update(torch.tensor(b, dtype=torch.float32))
+    seen = np.concatenate(batches)
+    np.testing.assert_allclose(norm.mean.numpy(), seen.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(norm.var.numpy(), seen.var(0), rtol=1e-4)
+    out = norm(torch.tensor(seen, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(out.std(0), 1, atol=1e-3)
+    constant = RunningNorm(1, min_std=0.01)
+    constant.update(torch.full((10, 1), 3.14))
+    assert float(constant(torch.tensor([[3.15]]))) == pytest.approx(1.0, rel=1e-3)  # not 1e6
+
+
+def test_vector_norm_standardises_inputs_and_targets_and_travels_with_the_policy():
+    config = load_config(None, overrides=[*TINY, "model.vector_norm=true"])
+    obs = {"state": Space((2,)), **step_spaces()}
+    agent = Agent(obs, {"action": Space((2,), np.float32, -1.0, 1.0)}, config)
+    batch = _fixed_batch(images=False, rng=np.random.default_rng(0))
+    batch["state"] = batch["state"] * 0.01 + 0.5  # centimetres around half a metre
+    agent.train(batch)
+    norm = agent.wm.encoder.norm
+    np.testing.assert_allclose(norm.mean.numpy(), batch["state"].reshape(-1, 2).mean(0), rtol=1e-4)
+    weights = agent.policy_weights()
+    robot = Agent(obs, {"action": Space((2,), np.float32, -1.0, 1.0)}, config)
+    robot.load_policy_weights(weights)
+    torch.testing.assert_close(robot.wm.encoder.norm.mean, norm.mean)
+    torch.testing.assert_close(robot.wm.encoder.norm.var, norm.var)

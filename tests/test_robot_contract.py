@@ -223,3 +223,15 @@ def test_a_real_robot_keeps_its_rate_whatever_the_learner_says(tmp_path, monkeyp
     run_in_thread(actor).join(timeout=30)
     assert actor.steps == 100 and actor.held_s == 0.0
     assert time.monotonic() - t0 < 5.0
+
+
+def test_two_simulated_robots_draw_different_targets(tmp_path):
+    config = load_config("configs/sim_ur5_reach.yaml", overrides=[*tiny_model(), f"logdir={tmp_path}"])
+    targets = []
+    for actor_id in ("actor-0", "actor-1"):
+        actor = RobotActor(config, lambda *_: CapturingLink(), actor_id)
+        with actor.robot:
+            actor.robot.reset()
+            targets.append(actor.robot.task.target.copy())
+    assert not np.allclose(targets[0], targets[1])
+    assert config.seed == 0  # the caller's config is not changed

@@ -124,3 +124,42 @@ class NormGRUCell(nn.Module):
         cand = torch.tanh(reset * cand)
         update = torch.sigmoid(update - 1)
         return update * cand + (1 - update) * h
+
+
+class RunningNorm(nn.Module):
+    """Owns running statistics of vector observations and standardises them with them.
+
+        y = clip((x - mean) / max(std, min_std), -clip, clip)
+
+    ``update`` merges a training batch into the count, mean and variance (Chan et al.'s
+    parallel form of Welford's algorithm), so the statistics converge to those of all the data
+    trained on and then barely move. Vectors in metres, radians and rad/s then reach the
+    encoder at one scale, and the decoder reconstructs the standardised values. The
+    statistics are buffers: they travel with the policy's weights to the robot.
+    """
+
+    def __init__(self, size: int, min_std: float = 1e-2, clip: float = 10.0) -> None:
+        super().__init__()
+        self.min_std, self.clip = min_std, clip
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("var", torch.ones(size))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        n, count = x.shape[0], self.count
+        if n == 0:
+            return
+        mean, var = x.mean(0), x.var(0, unbiased=False)
+        total = count + n
+        delta = mean - self.mean.double()
+        new_mean = self.mean.double() + delta * n / total
+        m2 = self.var.double() * count + var * n + delta**2 * count * n / total
+        self.mean.copy_(new_mean.float())
+        self.var.copy_((m2 / total).float())
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std = self.var.sqrt().clamp(min=self.min_std)
+        return ((x - self.mean) / std).clamp(-self.clip, self.clip)

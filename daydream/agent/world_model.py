@@ -27,7 +27,7 @@ from torch import nn
 
 from daydream.agent import contrastive
 from daydream.agent.dists import Bernoulli, MSEDist
-from daydream.agent.nets import MLP, ConvDecoder, ConvEncoder
+from daydream.agent.nets import MLP, ConvDecoder, ConvEncoder, RunningNorm
 from daydream.agent.rssm import RSSM, State
 from daydream.core.spaces import STEP_KEYS, Space
 
@@ -74,6 +74,9 @@ class MultiEncoder(nn.Module):
             {k: ConvEncoder(obs_space[k].shape, cfg.encoder.cnn_depth, cfg.act) for k in images}
         )
         vec_size = sum(obs_space[k].shape[0] for k in vectors)
+        self.sizes = [obs_space[k].shape[0] for k in vectors]
+        # model.vector_norm: vectors standardised by running statistics (else passed as they are)
+        self.norm = RunningNorm(vec_size) if vectors and cfg.vector_norm else None
         self.mlp = (
             MLP(vec_size, None, cfg.encoder.mlp_layers, cfg.encoder.mlp_units, cfg.act, cfg.norm)
             if vectors
@@ -83,10 +86,19 @@ class MultiEncoder(nn.Module):
             self.mlp.out_dim if self.mlp else 0
         )
 
+    def vector(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All vector keys, concatenated and standardised (``model.vector_norm``)."""
+        x = torch.cat([obs[k] for k in self.vectors], -1)
+        return self.norm(x) if self.norm is not None else x
+
+    def vector_targets(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each vector key as the decoder reconstructs it: standardised like the input."""
+        return dict(zip(self.vectors, self.vector(obs).split(self.sizes, -1), strict=True))
+
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.cnns[k](obs[k]) for k in self.images]
         if self.mlp is not None:
-            parts.append(self.mlp(torch.cat([obs[k] for k in self.vectors], -1)))
+            parts.append(self.mlp(self.vector(obs)))
         return torch.cat(parts, -1)  # (..., E)
 
 
@@ -176,6 +188,9 @@ class WorldModel(nn.Module):
     def loss(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, State, dict[str, float]]:
         """data: preprocessed batch (B, T, ...). Returns loss, posterior states, metrics."""
         cfg = self.cfg
+        if self.encoder.norm is not None:  # statistics of everything trained on, this batch too
+            self.encoder.norm.update(torch.cat([data[k] for k in self.vectors], -1))
+        targets = {**data, **self.encoder.vector_targets(data)} if self.vectors else data
         if cfg.repr == "dreaming":
             view, key_view = self._views(data)
             embed = self.encoder(view)  # (B, T, E) from the first augmented view
@@ -191,7 +206,7 @@ class WorldModel(nn.Module):
         if "decoder" in self.heads:
             for key, dist in self.heads["decoder"](feat).items():
                 scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
-                losses[key] = -scale * dist.log_prob(data[key]).mean()
+                losses[key] = -scale * dist.log_prob(targets[key]).mean()
         if cfg.repr == "nce":
             mean, std = self.heads["state_model"](embed)  # (B, T, F) each
             flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
@@ -205,7 +220,7 @@ class WorldModel(nn.Module):
             n = cfg.vis_batch or feat.shape[0]  # sequences it trains on (it only draws reports)
             for key, dist in self.heads["vis_decoder"](feat[:n].detach()).items():
                 scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
-                losses[f"vis_{key}"] = -scale * dist.log_prob(data[key][:n]).mean()
+                losses[f"vis_{key}"] = -scale * dist.log_prob(targets[key][:n]).mean()
         reward = MSEDist(self.reward(feat), 0)
         losses["reward"] = -cfg.loss_scales.reward * reward.log_prob(data["reward"]).mean()
         cont = self.cont(feat)

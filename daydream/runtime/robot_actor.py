@@ -166,6 +166,13 @@ class PolicySlots:
             return self._active, True
 
 
+def with_seed(config, seed: int):
+    """``config`` with ``seed`` in place of ``config.seed`` (a copy; the original is kept)."""
+    copy = config.copy()
+    copy.seed = int(seed)
+    return copy
+
+
 class RobotActor:
     """Owns one robot's acting loop: robot, SafetySupervisor, policy copies, chunks, episode
     bookkeeping and status; its experience leaves through a link."""
@@ -185,8 +192,10 @@ class RobotActor:
         self.after_tick = after_tick
         self.directory = actor_directory(config, actor_id)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.robot = robots.make(robot_name or config.robot.name, config)
-        seed = config.seed + zlib.crc32(actor_id.encode())
+        # every robot its own seed (config.seed and its id): N simulated robots draw different
+        # reach targets, cubes and noise, not the same ones in the same order
+        seed = (config.seed + zlib.crc32(actor_id.encode())) % 2**31
+        self.robot = robots.make(robot_name or config.robot.name, with_seed(config, seed))
         self.rng = np.random.default_rng(seed)
         obs_space, act_space = self.robot.obs_space, self.robot.act_space
         self.act_space = act_space["action"]
