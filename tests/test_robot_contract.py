@@ -226,7 +226,8 @@ def test_a_real_robot_keeps_its_rate_whatever_the_learner_says(tmp_path, monkeyp
 
 
 def test_two_simulated_robots_draw_different_targets(tmp_path):
-    config = load_config("configs/sim_ur5_reach.yaml", overrides=[*tiny_model(), f"logdir={tmp_path}"])
+    overrides = [*tiny_model(), f"logdir={tmp_path}"]
+    config = load_config("configs/sim_ur5_reach.yaml", overrides=overrides)
     targets = []
     for actor_id in ("actor-0", "actor-1"):
         actor = RobotActor(config, lambda *_: CapturingLink(), actor_id)
