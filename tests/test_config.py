@@ -173,3 +173,35 @@ def test_the_command_line_picks_small_on_a_cpu_and_says_why(capsys):
     assert config.size == "small"
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("daydream train: size small (auto: device is cpu")
+
+
+@pytest.mark.parametrize(
+    "verb, flag, args",
+    [("actor", "--learner", ["--logdir", "{logdir}"]),
+     ("learner", "--bind", ["--logdir", "{logdir}"]),
+     ("run", "--bind", ["--logdir", "{logdir}"]),
+     ("teleop", "--robot", [])],
+)  # fmt: skip
+@pytest.mark.parametrize("endpoint", ["nonsense:5555", "tcp://host", "tcp://host:99999"])
+def test_a_bad_endpoint_is_one_line_before_anything_starts(verb, flag, args, endpoint, tmp_path):
+    import subprocess
+    import sys
+
+    logdir = tmp_path / "never"
+    result = subprocess.run(
+        [sys.executable, "-m", "daydream", verb, "--config", "configs/pendulum.yaml",
+         *[a.format(logdir=logdir) for a in args], flag, endpoint],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"daydream {verb}: {flag} '{endpoint}'")
+    assert not logdir.exists()
+
+
+def test_endpoints_the_system_uses_are_accepted():
+    from daydream.wire.transport import check_endpoint
+
+    for ok in ("tcp://*:5555", "tcp://127.0.0.1:*", "tcp://ws-1.lab:5555", "tcp://[::1]:5555",
+               "ipc:///tmp/daydream.sock"):  # fmt: skip
+        assert check_endpoint(ok) == ok

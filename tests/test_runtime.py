@@ -247,6 +247,23 @@ def test_actor_without_a_learner_keeps_its_tick_rate_and_keeps_the_chunks(tmp_pa
     assert result["outbox"]["acked"] == 0
 
 
+def test_an_actor_says_when_no_learner_answers(tmp_path, caplog):
+    from daydream.runtime.robot_actor import RobotActor
+    from daydream.wire.curve import create_keys
+
+    create_keys(tmp_path / "keys", ["actor"])
+    config = _tiny_config(tmp_path, "actor.shutdown_grace_s=0.2",
+                          "actor.learner_silence_warn_s=0.3", "actor.status_every_s=0.2")  # fmt: skip
+    address = f"tcp://127.0.0.1:{free_port()}"
+    actor = RobotActor.networked(config, address, "lonely", max_steps=100)
+    with caplog.at_level("WARNING", logger="daydream"):
+        actor.run()
+    said = [r.getMessage() for r in caplog.records if "no answer from the learner" in r.getMessage()]
+    assert len(said) == 1 and address in said[0]
+    status = json.loads((actor.directory / "status.json").read_text())
+    assert status["learner_silent_s"] > 0.3
+
+
 def test_weights_load_into_the_spare_copy_and_swap_in_by_reference():
     import robots
     from daydream.agent.agent import Agent

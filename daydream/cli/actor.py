@@ -34,9 +34,14 @@ def main(args: argparse.Namespace) -> int:
     import logging
     import socket
 
-    from daydream.cli.common import EXIT_USAGE, build_config, die_with_parent
+    from daydream.cli.common import EXIT_USAGE, build_config, die_with_parent, fail
+    from daydream.wire.transport import check_endpoint
 
     die_with_parent()
+    try:
+        check_endpoint(args.learner, "--learner")
+    except ValueError as e:
+        fail("actor", str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     steps, args.steps = args.steps, None  # executed steps here, not train.steps
     config = build_config(args, "actor")

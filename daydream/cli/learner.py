@@ -84,8 +84,10 @@ def main(args: argparse.Namespace) -> int:
         start_learner,
     )
     from daydream.wire.curve import KeyFileError
+    from daydream.wire.transport import check_endpoint
 
     try:
+        check_endpoint(args.bind or config.gateway.bind, "--bind")
         rebind = parse_rebind(args.rebind)
         console_at = console_settings(config, config.console.bind) if config.console.bind else None
     except (KeyFileError, ValueError) as e:  # console_settings: ConsoleAuthError, a ValueError

@@ -119,8 +119,14 @@ def main(args: argparse.Namespace) -> int:
         write_run_config,
     )
 
+    from daydream.wire.transport import check_endpoint
+
     if args.actors < 1:
         fail("run", "--actors must be at least 1")
+    try:
+        check_endpoint(args.bind, "--bind")
+    except ValueError as e:
+        fail("run", str(e))
     extra = [f"robot.name={args.robot}"] if args.robot else []
     config = build_config(args, "run", extra + ([f"console.bind={args.console}"]
                                                 if args.console else []))  # fmt: skip

@@ -38,12 +38,17 @@ def main(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from daydream.cli.common import build_config
+    from daydream.cli.common import build_config, fail
     from daydream.cli.drive import status_line
     from daydream.core.spaces import Space
     from daydream.safety.console import ConsoleClient
     from daydream.wire.curve import key_directory
+    from daydream.wire.transport import check_endpoint
 
+    try:
+        check_endpoint(args.robot, "--robot")
+    except ValueError as e:
+        fail("teleop", str(e))
     keys, args.keys = args.keys, None  # a path of its own here, not transport.key_dir
     config = build_config(args, "teleop", quiet=True)
     key_dir = Path(keys) if keys else key_directory(config.transport.key_dir, config.logdir)

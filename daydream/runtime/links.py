@@ -187,7 +187,11 @@ class NetworkLink:
         self.reports = Reports()
         self.weights = WeightsReceiver(slots, 2.0 * period)
         self.slots = slots
+        self.address = address
         self.connected_at: float | None = None
+        self.silence_warn_s = float(actor.learner_silence_warn_s)
+        self._heard_at = time.monotonic()  # the last message from the learner (or the start)
+        self._warned_silent = False
         # the fleet console's heartbeat fields (set by RobotActor.networked; network thread)
         self.heartbeat_fields: Callable[[], dict] | None = None
         self._behind = (0, -1e9)  # (steps the learner is behind train.ratio, when it was said)
@@ -218,11 +222,16 @@ class NetworkLink:
         steps, at = self._behind
         return steps if time.monotonic() - at < PACE_STALE_S else 0
 
+    def silent_s(self) -> float:
+        """Seconds since the learner last answered (since the start, if it never did)."""
+        return time.monotonic() - self._heard_at
+
     def status(self) -> dict:
         # reads a few ints owned by the network thread: fine for a display
         return {
             "gateway_version": self.weights.gateway_version,
             "connected": self.connected_at is not None,
+            "learner_silent_s": round(self.silent_s(), 1),
             "outbox": self.outbox.stats(),
             "dropped_queue": self.delivery.dropped,
         }
@@ -250,6 +259,7 @@ class NetworkLink:
                 # decoding even a weights message only parses its small header
                 for msg in self.client.poll(timeout_ms=self.poll_ms):
                     self._handle(msg)
+                self._warn_if_silent()
         except Exception:  # noqa: BLE001 - the control loop must go on; say why the link died
             log.exception("actor: the network thread failed; experience is no longer sent")
         finally:
@@ -269,7 +279,23 @@ class NetworkLink:
             return False
         return self.delivery.idle or time.monotonic() > self._deadline
 
+    def _warn_if_silent(self) -> None:
+        """Say once when the learner has not answered for ``actor.learner_silence_warn_s``
+        (it answers every heartbeat), and once when it answers again."""
+        silent = self.silent_s() > self.silence_warn_s > 0
+        if silent and not self._warned_silent:
+            log.warning(
+                "actor: no answer from the learner at %s for %.0f s (is `daydream learner` "
+                "running there, is the port reachable, do the CURVE keys match?); acting on "
+                "policy version %d, experience waits in the outbox", self.address,
+                self.silent_s(), self.slots.version,
+            )  # fmt: skip
+        elif not silent and self._warned_silent:
+            log.warning("actor: the learner at %s answers again", self.address)
+        self._warned_silent = silent
+
     def _handle(self, msg: dict) -> None:
+        self._heard_at = time.monotonic()
         kind = msg.get("type")
         if kind in ("ack", "nack", "weights_info") and self.connected_at is None:
             self.connected_at = time.monotonic()

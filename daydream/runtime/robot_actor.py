@@ -418,6 +418,13 @@ class RobotActor:
             f"actor {self.actor_id}: step {status['steps']} | episodes {status['episodes']} | "
             f"weights v{status['policy_version']} | {status['tick_rate']:.1f} ticks/s | "
             f"p99 tick {status['tick_p99_ms'] or 0:.2f} ms | "
-            f"outbox {status['outbox'].get('pending', 0)}",
+            f"outbox {status['outbox'].get('pending', 0)}"
+            + self._silence_note(status),
             flush=True,
         )
+
+    def _silence_note(self, status: dict) -> str:
+        silent = status.get("learner_silent_s")
+        if silent is None or silent <= self.acfg.learner_silence_warn_s:
+            return ""
+        return f" | NO ANSWER FROM THE LEARNER for {silent:.0f} s"

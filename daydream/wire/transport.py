@@ -26,6 +26,7 @@ both classes are context managers.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,24 @@ from daydream.wire.curve import (
 )
 
 log = logging.getLogger(__name__)
+
+
+_TCP = re.compile(r"tcp://(?P<host>\*|\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\*|\d+)")
+
+
+def check_endpoint(address: str, what: str = "address") -> str:
+    """``address`` if it is a ZeroMQ endpoint this system uses (``tcp://HOST:PORT``,
+    ``ipc://PATH``); otherwise ValueError with one line saying what is expected."""
+    example = "tcp://HOST:PORT, for example tcp://workstation:5555"
+    if address.startswith("ipc://") and len(address) > len("ipc://"):
+        return address
+    match = _TCP.fullmatch(address)
+    if match is None:
+        raise ValueError(f"{what} {address!r} is not a ZeroMQ endpoint: expected {example}")
+    port = match["port"]
+    if port != "*" and not 0 < int(port) < 65536:
+        raise ValueError(f"{what} {address!r}: port {port} is not in 1-65535")
+    return address
 
 
 @dataclass(frozen=True)
