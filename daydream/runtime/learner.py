@@ -61,10 +61,9 @@ from daydream.replay.remote import (
 )
 from daydream.replay.service import replay_options
 from daydream.runtime.logger import MetricsLogger
+from daydream.runtime.pace import PaceThread, RatioPace
 
 POLL_EVERY_S = 1.0  # replay statistics and robot reports
-PACE_EVERY_S = 0.1  # how often the robots hear how far behind the ratio the learner is
-PRETRAINING = 2**31 - 1  # "behind" while pretraining: simulated robots wait for it
 
 # Exit statuses of `daydream learner` / `daydream run` that a service manager must not
 # restart on (deploy/systemd/daydream-learner.service: RestartPreventExitStatus); 2 is a
@@ -300,10 +299,15 @@ class Learner:
         self.replay_stats: dict = replay.stats()  # a Ray replay answers once it has reloaded
         self._print_replay_warnings()
         self._count_env_steps()
-        if self.resumed:
-            replay.restore_sampled(self.counters["sampled_steps"])
         train = config.train
         self.batch = (train.batch_size, train.batch_length)
+        self.pace = RatioPace(
+            config.replay.samples_per_insert, config.replay.min_size, self.batch[0] * self.batch[1]
+        )
+        if self.resumed:
+            replay.restore_sampled(self.counters["sampled_steps"])
+            self.pace.start(int(replay.stats().get("sampled_steps", 0)), self.agent.updates)
+        self.pace_thread: PaceThread | None = None
         self.prefetcher = Prefetcher(
             replay, *self.batch, config.learner.prefetch, config.learner.sample_timeout_s
         )
@@ -316,9 +320,7 @@ class Learner:
         self.should_save = Every(every.checkpoint_every_s, first=False)
         self.should_log = Every(every.log_every_s, first=False)
         self.should_poll = Every(POLL_EVERY_S)
-        self.should_pace = Every(PACE_EVERY_S)
         self._begun = self.agent.updates > 0  # pretrained, ratio counting (a resumed run: yes)
-        self._updates_at_poll = self.agent.updates
         self.returns: deque = deque(maxlen=100)
         self.actor_versions: dict[str, int] = {}
         self._stop = threading.Event()
@@ -400,7 +402,8 @@ class Learner:
             return True
         if not self.replay.ready(self.batch[1]):
             return False
-        self.hub.set_pace(PRETRAINING)
+        self.pace.pretraining = True
+        self._tell_pace()
         total, t0 = self.config.train.pretrain, time.monotonic()
         should_say = Every(self.config.learner.log_every_s, first=False)
         print(f"learner: prefill done; {total} updates before the training ratio counts "
@@ -417,26 +420,28 @@ class Learner:
         self.replay.start_ratio()
         self._begun = True
         self.poll()
-        self._send_pace()
+        self.pace.start(int(self.replay_stats.get("sampled_steps", 0)), self.agent.updates)
+        self._tell_pace()
         return True
 
     def behind(self) -> int:
-        """Environment steps stored that the learner has not yet trained on at its ratio."""
-        ratio = self.config.replay.samples_per_insert
-        inserted = int(self.replay_stats.get("inserted_steps", 0))
-        if ratio <= 0:
-            return 0
-        if not self._begun:
-            return max(0, inserted - self.config.replay.min_size)
-        sampled = int(self.replay_stats.get("sampled_steps", 0))
-        sampled += (self.agent.updates - self._updates_at_poll) * self.batch[0] * self.batch[1]
-        return max(0, int(inserted - sampled / ratio))
+        """Environment steps stored that the learner has not yet trained on at its ratio (as of
+        the last poll; the robots hear a fresher figure from the pace thread)."""
+        return self.pace.behind(int(self.replay_stats.get("inserted_steps", 0)), self.agent.updates)
 
-    def _send_pace(self) -> None:
-        try:
-            self.hub.set_pace(self.behind())
-        except Exception as e:  # noqa: BLE001 - only pacing: never stop training for it
-            print(f"learner: could not tell the robots its pace ({e})", flush=True)
+    def _tell_pace(self) -> None:
+        if self.pace_thread is not None:
+            self.pace_thread.tell_now()
+
+    def _start_pace(self) -> None:
+        """Tell the robots how far behind the learner is, every PACE_EVERY_S, from a thread
+        (``run``: the networked runtime, where simulated robots may be far faster than it)."""
+        self.pace_thread = PaceThread(
+            self.pace,
+            inserted=lambda: int(self.replay.stats().get("inserted_steps", 0)),
+            updates=lambda: self.agent.updates,
+            tell=self.hub.set_pace,
+        ).start()
 
     def _count_env_steps(self) -> None:
         self.counters["env_steps"] = max(
@@ -472,6 +477,7 @@ class Learner:
         """
         total = self.config.train.steps if total_steps is None else int(total_steps)
         self.prefetcher.start()
+        self._start_pace()
         if self.agent.updates > 0:
             self.publish()  # resumed: robots get the trained policy at once
         try:
@@ -492,13 +498,13 @@ class Learner:
             self.close()
             raise
         self.prefetcher.stop()
+        if self.pace_thread is not None:
+            self.pace_thread.stop()
         if close:
             self.close()
         return dict(self.counters)
 
     def _housekeeping(self) -> None:
-        if self.should_pace():
-            self._send_pace()
         newer = self.agent.updates > max(self.counters["published"], 0)
         if newer and self.should_publish():
             self.publish()
@@ -516,7 +522,6 @@ class Learner:
     def poll(self) -> None:
         try:
             self.replay_stats = self.replay.stats()
-            self._updates_at_poll = self.agent.updates
             self._count_env_steps()
             self._print_replay_warnings()
         except Exception as e:  # noqa: BLE001 - keep training on what is prefetched
@@ -610,6 +615,8 @@ class Learner:
             return
         self._closed = True
         self.prefetcher.stop()
+        if self.pace_thread is not None:
+            self.pace_thread.stop()
         try:
             self.poll()
             self._log()  # the last figures, also for runs shorter than learner.log_every_s
