@@ -118,7 +118,6 @@ def main(args: argparse.Namespace) -> int:
         stop_ray,
         write_run_config,
     )
-
     from daydream.wire.transport import check_endpoint
 
     if args.actors < 1:
