@@ -85,12 +85,23 @@ def by_seq(got: list[dict]) -> dict[int, tuple[str, str]]:
 
 
 @pytest.fixture
-def gateway(key_dir, tmp_path):
-    replay = ReplayService(capacity=10_000, directory=tmp_path / "replay")
-    gw = Gateway(replay, "tcp://127.0.0.1:*", key_dir=key_dir, spaces=SPACES, options=OPTIONS)
-    gw.start()
+def gateway(request, key_dir, tmp_path):
+    """The gateway beside a replay in this process (``thread``) or inside the replay actor's
+    process (``replay``: ask for it with ``parametrize("gateway", [...], indirect=True)``)."""
+    from daydream.replay.remote import RemoteReplay
+    from daydream.runtime.learner import GatewayRunner
+
+    mode = getattr(request, "param", "thread")
+    if mode == "replay":
+        request.getfixturevalue("ray_session")
+        replay = RemoteReplay.start(capacity=10_000, directory=str(tmp_path / "replay"))
+    else:
+        replay = ReplayService(capacity=10_000, directory=tmp_path / "replay")
+    gw = GatewayRunner(mode, replay, "tcp://127.0.0.1:*", key_dir=key_dir, spaces=SPACES,
+                       options=OPTIONS)  # fmt: skip
     yield gw
     gw.stop()
+    replay.close()
 
 
 # ---------------------------------------------------------------- values
@@ -113,9 +124,11 @@ def infinite_sensor(c):
 
 
 @pytest.mark.parametrize(
-    "poison, reason",
-    [(nan_reward, "non_finite"), (infinite_sensor, "non_finite"),
-     (action_outside, "out_of_bounds"), (half_intervention, "not_boolean")],
+    "gateway, poison, reason",
+    [("thread", nan_reward, "non_finite"), ("thread", infinite_sensor, "non_finite"),
+     ("thread", action_outside, "out_of_bounds"), ("thread", half_intervention, "not_boolean"),
+     ("replay", nan_reward, "non_finite")],
+    indirect=["gateway"],
 )  # fmt: skip
 def test_an_implausible_value_is_nacked_for_good_with_its_reason_and_counted(
     gateway, key_dir, poison, reason
@@ -187,6 +200,7 @@ def test_a_nacked_chunk_is_dropped_never_resent_counted_by_reason_and_warned(tmp
 # ---------------------------------------------------------------- sequence numbers
 
 
+@pytest.mark.parametrize("gateway", ["thread", "replay"], indirect=True)
 def test_implausible_sequence_numbers_are_refused_with_counted_reasons(gateway, key_dir):
     hostile = [-(2**63), -5, 2**62, 2**64 - 1]
     with connect(gateway, key_dir, "ur5-0") as client:
@@ -221,6 +235,7 @@ def test_a_restarted_actor_s_sequence_jump_is_plausible_and_one_far_beyond_is_no
 # ---------------------------------------------------------------- stream binding
 
 
+@pytest.mark.parametrize("gateway", ["thread", "replay"], indirect=True)
 def test_one_robot_cannot_write_into_another_robot_s_stream(gateway, key_dir, tmp_path):
     """The incident: robot B, with its own allowed key, sent chunks naming robot A's stream;
     they were stored in A's stream and A's own chunks were then dropped as duplicates."""

@@ -136,17 +136,20 @@ def test_chunks_of_the_wrong_space_are_nacked_and_not_stored(key_dir):
         gateway.stop()
 
 
+@pytest.mark.parametrize("mode", ["replay", "thread"])  # learner.gateway
 def test_every_chunk_reaches_the_replay_exactly_once_across_a_gateway_restart(
-    ray_session, key_dir, tmp_path
+    ray_session, key_dir, tmp_path, mode
 ):
     from daydream.replay.remote import RemoteReplay
+    from daydream.runtime.learner import GatewayRunner
+
     endpoint = free_endpoint()
     replay_dir = tmp_path / "replay"
 
     def start():
         replay = RemoteReplay.start(capacity=100_000, directory=str(replay_dir))
-        gateway = Gateway(replay, endpoint, key_dir=key_dir, options=OPTIONS, max_batch=4)
-        gateway.start()
+        gateway = GatewayRunner(mode, replay, endpoint, key_dir=key_dir, options=OPTIONS,
+                                max_batch=4)  # fmt: skip
         return replay, gateway
 
     replay, gateway = start()

@@ -7,9 +7,18 @@
     ticket = replay.submit(items)                       # the gateway's pipelined adds
     replay.done([ticket])                               # -> [(ticket, results or error)]
     gateway = remote_class(Gateway).remote(replay, ...) # any class as a threaded Ray actor
+    endpoint = replay.host(Gateway, bind, ...)          # the gateway in the replay's process
+    replay.guest("publish_weights", params, version)    # ... and a call of one of its methods
 
 ``RemoteReplay`` has the same synchronous methods as ``ReplayService`` (sample, stats,
 restore_sampled, rebind, pop_warnings, close), so the learner and the gateway take either.
+
+``host`` builds a component in the replay actor's own process with the replay itself as its
+first argument (``learner.gateway: replay``): a gateway built there adds the chunks it
+receives straight into the ``ReplayService``, so they never pass through Ray's object store
+(no serialising in the gateway, no copy out of the store in the replay); only the calls the
+learner makes on it (weights every few seconds, pace, reports, stats) travel through Ray.
+This module never imports the component's class: the caller hands it over.
 """
 
 from __future__ import annotations
@@ -20,8 +29,32 @@ import ray
 
 from daydream.replay.service import ReplayService
 
+
+class ReplayHost(ReplayService):
+    """The replay actor's class: a ``ReplayService`` that can also own one component running in
+    its process (the guest: the gateway of ``learner.gateway: replay``), built on the replay."""
+
+    _guest: Any = None
+
+    def host(self, component: type, *args: Any, **kwargs: Any) -> Any:
+        """Build ``component(self, *args, **kwargs)`` here and return what its ``start()`` returns
+        (a gateway: the bound endpoint). One guest per replay."""
+        if self._guest is not None:
+            raise RuntimeError(f"this replay already hosts a {type(self._guest).__name__}")
+        guest = component(self, *args, **kwargs)
+        started = guest.start()
+        self._guest = guest
+        return started
+
+    def guest(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` of the hosted component and return its answer."""
+        if self._guest is None:
+            raise RuntimeError("this replay hosts nothing: call host() first")
+        return getattr(self._guest, method)(*args, **kwargs)
+
+
 # A threaded actor: sample() may wait for inserts while add_batch() calls keep being served.
-ReplayActor = ray.remote(max_concurrency=8, num_cpus=0)(ReplayService)
+ReplayActor = ray.remote(max_concurrency=8, num_cpus=0)(ReplayHost)
 
 
 def start_ray(address: str | None = None, num_cpus: int = 2, object_store_mb: int = 256) -> None:
@@ -113,6 +146,22 @@ class RemoteReplay:
 
     def pop_warnings(self) -> list[str]:
         return ray.get(self.handle.pop_warnings.remote())
+
+    # ------------------------------------------------------------ a component in its process
+    def host(self, component: type, *args: Any, **kwargs: Any) -> Any:
+        """Build ``component(replay, *args, **kwargs)`` in the replay actor's process and start
+        it (``ReplayHost.host``); returns what its ``start()`` returned, or raises what they
+        raised (a missing key file, a port in use) as it was raised there."""
+        try:
+            return ray.get(self.handle.host.remote(component, *args, **kwargs))
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, Exception):
+                raise e.cause from None
+            raise
+
+    def guest(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call ``method(*args)`` of the hosted component and wait up to ``timeout`` s."""
+        return ray.get(self.handle.guest.remote(method, *args), timeout=timeout)
 
     # ------------------------------------------------------------ pipelined adds (gateway)
     def submit(self, items: list):

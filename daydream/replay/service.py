@@ -2,7 +2,8 @@
 
 ``ReplayService`` is a thread-safe plain class: the single-process runner and the tests
 use it in one process, and ``daydream.replay.remote.ReplayActor`` is the same class as a
-threaded Ray actor. The limiter only ever makes *sampling* wait: an add never waits.
+threaded Ray actor (``ReplayHost``: it may also run the gateway in its process, which then
+calls ``add_batch`` directly). The limiter only ever makes *sampling* wait: an add never waits.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@
 One ``Learner`` per run, the same in both runtimes:
 
 - ``daydream learner`` / ``daydream run`` (:func:`start_learner`): the replay is a Ray
-  actor, the hub is the gateway (a thread beside the learner, or a Ray actor with
-  ``learner.gateway: ray``), and ``run()`` trains continuously from prefetched batches;
+  actor, the hub is the gateway (in the replay actor's process, a thread beside the learner,
+  or a Ray actor: ``learner.gateway``, see ``GatewayRunner``), and ``run()`` trains
+  continuously from prefetched batches;
 - ``daydream train`` (runtime/local.py): the replay is in this process, the hub is the
   in-process link to the robot actor, and ``train_owed()`` runs between two ticks.
 
@@ -205,17 +206,57 @@ class UpdateGuard:
         return None
 
 
-class GatewayRunner:
-    """Owns the gateway of ``daydream learner``: as a thread beside the learner, or as a Ray
-    actor (``learner.gateway: ray``), behind one interface (the learner's hub)."""
+GATEWAY_MODES = ("replay", "thread", "ray")  # learner.gateway
 
-    def __init__(self, config, replay, bind: str | None, spaces: dict[str, Space] | None):
-        from daydream.wire.curve import key_directory
+
+class GatewayRunner:
+    """Owns the gateway of ``daydream learner`` behind one interface (the learner's hub), where
+    ``learner.gateway`` puts it:
+
+        replay  in the replay actor's process (``RemoteReplay.host``): chunks go from the socket
+                straight into the ReplayService, never through Ray's object store (the default)
+        thread  a thread beside the learner; every batch travels to the replay actor through Ray
+        ray     a Ray actor of its own (on ``learner.gateway_resource``); batches likewise
+
+    With ``replay`` and ``ray`` the learner's calls are small Ray calls: its pace every 50 ms,
+    reports, stats, the fleet console's robots and thumbnails, stop; the weights travel through
+    Ray once per publication (``learner.publish_every_s``).
+    """
+
+    def __init__(self, mode: str, replay, bind: str, *, resource: str = "", **options: Any):
         from daydream.wire.gateway import Gateway
+
+        self.mode, self.replay = mode, replay
+        if mode == "replay":
+            if not hasattr(replay, "host"):
+                raise ValueError("learner.gateway: replay needs the replay as a Ray actor")
+            self.endpoint = replay.host(Gateway, bind, **options)
+        elif mode == "thread":
+            self.gateway = Gateway(replay, bind, **options)
+            self.endpoint = self.gateway.start()
+        elif mode == "ray":
+            actor = remote_class(Gateway, **placement(resource))
+            self.gateway = actor.remote(replay, bind, **options)
+            self.endpoint = call(self.gateway, "start")
+        else:
+            raise ValueError(
+                f"learner.gateway must be one of {', '.join(GATEWAY_MODES)}, got {mode!r}"
+            )
+
+    @classmethod
+    def from_config(
+        cls, config, replay, bind: str | None, spaces: dict[str, Space] | None
+    ) -> GatewayRunner:
+        """The gateway of the ``gateway``, ``transport`` and ``learner`` blocks (``bind``
+        overrides gateway.bind)."""
+        from daydream.wire.curve import key_directory
         from daydream.wire.transport import TransportOptions
 
-        self.mode = config.learner.gateway
-        kwargs = dict(
+        return cls(
+            config.learner.gateway,
+            replay,
+            bind or config.gateway.bind,
+            resource=config.learner.gateway_resource,
             curve=config.transport.curve,
             key_dir=key_directory(config.transport.key_dir, config.logdir),
             max_batch=config.gateway.max_batch,
@@ -223,18 +264,10 @@ class GatewayRunner:
             options=TransportOptions.from_block(config.transport),
             spaces=spaces if config.gateway.validate else None,
         )
-        bind = bind or config.gateway.bind
-        if self.mode == "thread":
-            self.gateway = Gateway(replay, bind, **kwargs)
-            self.endpoint = self.gateway.start()
-        elif self.mode == "ray":
-            actor = remote_class(Gateway, **placement(config.learner.gateway_resource))
-            self.gateway = actor.remote(replay, bind, **kwargs)
-            self.endpoint = call(self.gateway, "start")
-        else:
-            raise ValueError(f"learner.gateway must be thread or ray, got {self.mode!r}")
 
     def _call(self, name: str, *args):
+        if self.mode == "replay":
+            return self.replay.guest(name, *args)
         if self.mode == "thread":
             return getattr(self.gateway, name)(*args)
         return call(self.gateway, name, *args)
@@ -259,6 +292,7 @@ class GatewayRunner:
         return self._call("thumbnail", robot_id)
 
     def stop(self) -> None:
+        """Stop serving (the last acks go out first); the replay itself stays."""
         try:
             self._call("stop")
         finally:
@@ -685,7 +719,7 @@ def start_learner(
             before = replay.rebind(stream, key)
             print(f"stream {stream!r} now belongs to robot key {key[:8]}... (was "
                   f"{before[:8] + '...' if before else 'nobody'})", flush=True)  # fmt: skip
-        gateway = GatewayRunner(config, replay, bind, record_spaces(*spaces))
+        gateway = GatewayRunner.from_config(config, replay, bind, record_spaces(*spaces))
     except BaseException:
         replay.close()
         raise

@@ -25,8 +25,10 @@ It also serves the newest policy weights: ``publish_weights(params, version)`` (
 learner) announces the version to every robot seen recently; a robot that asks
 (``weights_request``) with an older version gets the weights.
 
-Two ways to run it::
+Three ways to run it (``learner.gateway``; ``runtime/learner.py: GatewayRunner``)::
 
+    endpoint = replay.host(Gateway, bind=...)  # replay: in the replay actor's process, built on
+    replay.guest("stop")                       # its ReplayService (daydream.replay.remote)
     gateway = Gateway(replay, bind="tcp://*:5555", key_dir="keys"); gateway.start()  # a thread
     gateway = remote_class(Gateway).remote(replay, bind=...)                         # a Ray actor
     gateway.start.remote()                            # (daydream.replay.remote.remote_class)
@@ -34,13 +36,18 @@ Two ways to run it::
     gateway.publish_weights(params, version); gateway.stop()
 
 Replay calls are pipelined (several batches in flight) so robots never wait on disk
-writes one batch at a time.
+writes one batch at a time: a replay elsewhere (``RemoteReplay``) pipelines its Ray calls, a
+replay in this process (``ReplayService``) is written by ``InlineSink``'s writer thread while
+the loop goes on receiving. In the replay's own process the arrays a chunk decodes to (views
+of the received message) go straight to ``ReplayService.add_batch``, which copies them once
+into its memory and its file.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
 import re
 import threading
 import time
@@ -183,7 +190,7 @@ class Gateway:
                 self.step(self.poll_ms)
             self._drain(timeout=5.0)
         finally:
-            self.server.close()
+            self._close()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -191,7 +198,12 @@ class Gateway:
             self._thread.join(timeout)
             self._thread = None
         elif not self.server.sock.closed:
-            self.server.close()
+            self._close()
+
+    def _close(self) -> None:
+        self.server.close()
+        if isinstance(self._sink, InlineSink):
+            self._sink.close()
 
     def step(self, timeout_ms: int = 0) -> None:
         """One round: receive, hand chunks to the replay, send acks and weights."""
@@ -366,21 +378,53 @@ class Gateway:
 
 
 class InlineSink:
-    """A replay in this process (``ReplayService``) behind the gateway's pipelined interface:
-    ``submit`` stores the batch at once and ``done`` hands back its results."""
+    """Owns the writer thread that stores batches in a replay in this process (``ReplayService``)
+    behind the gateway's pipelined interface: ``submit`` queues a batch and returns at once, the
+    thread stores the batches in turn (one disk commit each), ``done`` hands back the results.
+    The gateway meanwhile goes on receiving and validating (a disk commit, its copies and
+    checksums release the GIL)."""
 
     def __init__(self, replay) -> None:
         self.replay = replay
         self._next = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # (ticket, items); (0, None): stop
         self._results: dict[int, object] = {}
+        self._finished = threading.Condition()
+        self._thread: threading.Thread | None = None
 
     def submit(self, items: list) -> int:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write, name="daydream-replay-writer",
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
         self._next += 1
-        try:
-            self._results[self._next] = self.replay.add_batch(items)
-        except Exception as e:  # noqa: BLE001 - reported by done(); the robots resend
-            self._results[self._next] = e
+        self._queue.put((self._next, items))
         return self._next
 
+    def _write(self) -> None:
+        while True:
+            ticket, items = self._queue.get()
+            if items is None:
+                return
+            try:
+                result: object = self.replay.add_batch(items)
+            except Exception as e:  # noqa: BLE001 - reported by done(); the robots resend
+                result = e
+            with self._finished:
+                self._results[ticket] = result
+                self._finished.notify_all()
+
     def done(self, tickets: list, block: bool = False, timeout: float | None = None) -> list:
-        return [(t, self._results.pop(t)) for t in tickets if t in self._results]
+        """The tickets whose batch is stored (with ``block``: wait up to ``timeout`` s for
+        one), each with its results or the exception ``add_batch`` raised."""
+        with self._finished:
+            if block:
+                self._finished.wait_for(lambda: any(t in self._results for t in tickets), timeout)
+            return [(t, self._results.pop(t)) for t in tickets if t in self._results]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the writer once the batches queued before are stored (at most ``timeout`` s)."""
+        if self._thread is not None:
+            self._queue.put((0, None))
+            self._thread.join(timeout)
+            self._thread = None
