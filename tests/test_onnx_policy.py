@@ -64,7 +64,8 @@ class Case:
         self.agent.policy_weights()  # exports the graph with the initial weights
         perturb(self.agent)
         self.weights = self.agent.policy_weights()
-        self.policy = OnnxPolicy(self.obs_space, self.act_space, 0.0, np.random.default_rng(0))
+        self.policy = OnnxPolicy(self.obs_space, self.act_space, 0.0, np.random.default_rng(0),
+                                 self.config.behavior.actor.dist)  # fmt: skip
         self.policy.load_policy_weights(self.weights)
         self.size = self.act_space["action"].shape[0]
         self.discrete = self.act_space["action"].discrete

@@ -18,13 +18,15 @@ lambda-return (Dreamer eq. 6, in recursive form as in DreamerV2/V3):
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
-from daydream.agent.dists import OneHotST, TanhNormal
+from daydream.agent.dists import OneHotST, TanhNormal, TruncNormal
 from daydream.agent.nets import MLP
 from daydream.agent.rssm import State
+from daydream.core.config import actor_dist
 
 
 def lambda_return(
@@ -43,25 +45,40 @@ def lambda_return(
 
 
 class ActorNetwork(nn.Module):
-    """The policy pi(a | s): one-hot categorical (discrete) or tanh-Gaussian (continuous)."""
+    """The policy pi(a | s): one-hot categorical (discrete actions), or for continuous ones a
+    Normal truncated to [-1, 1] (DreamerV2, DayDreamer) or a tanh-squashed Normal (Dreamer)."""
 
     def __init__(self, feat: int, action: int, discrete: bool, cfg, act: str, norm: str):
         super().__init__()
         self.discrete = discrete
+        self.kind = actor_dist(str(cfg.dist), discrete)
         self.min_std, self.init_std = cfg.min_std, cfg.init_std
+        top = cfg.min_std + 2 if self.kind == "trunc_normal" else math.inf  # 2 sigmoid + min_std
+        if not discrete and not cfg.min_std < cfg.init_std < top:
+            raise ValueError(
+                f"behavior.actor.init_std ({cfg.init_std}) must lie between min_std "
+                f"({cfg.min_std}) and {top} for {self.kind}"
+            )
         out = action if discrete else 2 * action
         self.net = MLP(feat, out, cfg.layers, cfg.units, act, norm)
 
-    def forward(self, feat: torch.Tensor) -> OneHotST | TanhNormal:
+    def forward(self, feat: torch.Tensor) -> OneHotST | TanhNormal | TruncNormal:
         return self.dist(self.net(feat))
 
-    def dist(self, x: torch.Tensor) -> OneHotST | TanhNormal:
+    def dist(self, x: torch.Tensor) -> OneHotST | TanhNormal | TruncNormal:
         """The action distribution from the network's raw output ``x`` (..., out)."""
         if self.discrete:
             return OneHotST(x, unimix=0.0)
         mean, std = x.chunk(2, -1)
+        if self.kind == "trunc_normal":
+            # DreamerV2: mean = tanh(mean); std = 2 sigmoid((std + offset) / 2) + min_std, the
+            # offset chosen so that the std starts at init_std (DreamerV2's offset 0: 1.1)
+            lo, init = self.min_std, self.init_std
+            offset = 2 * math.log((init - lo) / (2 + lo - init))
+            std = 2 * torch.sigmoid((std + offset) / 2) + lo
+            return TruncNormal(torch.tanh(mean), std)
         # Dreamer: mean = 5 tanh(mean / 5); std = softplus(std + softplus^-1(init_std)) + min_std
-        raw_init = torch.log(torch.expm1(torch.tensor(self.init_std)))
+        raw_init = math.log(math.expm1(self.init_std))
         mean = 5 * torch.tanh(mean / 5)
         std = nn.functional.softplus(std + raw_init) + self.min_std
         return TanhNormal(mean, std)

@@ -109,6 +109,68 @@ class TanhNormal:
         return -(self.base.log_prob(u) - self._log_det(u)).sum(-1)
 
 
+class TruncNormal:
+    """A diagonal Normal(mean, std) truncated to [low, high]: DreamerV2's continuous actor
+    (common/dists.py TruncNormalDist; ``actor.dist: auto`` is trunc_normal there and in
+    DayDreamer). Sums log-probabilities and entropies over the last axis (actions).
+
+    Samples are reparameterised by the inverse CDF,
+
+        a = mean + std * Phi^-1(Phi(alpha) + u (Phi(beta) - Phi(alpha))),  u ~ U(0, 1),
+        alpha = (low - mean) / std,  beta = (high - mean) / std,
+
+    so the ``dynamics`` actor gradient reaches mean and std, and are then kept ``clip`` inside
+    the bounds with a straight-through estimator, as DreamerV2 does. Unlike the tanh-Normal,
+    a sample near a bound still moves with the mean: the policy cannot saturate into a region
+    where its gradient vanishes.
+    """
+
+    def __init__(
+        self, mean: torch.Tensor, std: torch.Tensor, low: float = -1.0, high: float = 1.0,
+        clip: float = 1e-6,
+    ) -> None:  # fmt: skip
+        self.mean, self.std, self.low, self.high, self.clip = mean, std, low, high, clip
+        self._bounds: tuple[torch.Tensor, ...] | None = None  # computed when first needed
+
+    def _truncation(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """alpha, beta, Phi(alpha) and the mass Z = Phi(beta) - Phi(alpha) inside the bounds."""
+        if self._bounds is None:
+            alpha = (self.low - self.mean) / self.std
+            beta = (self.high - self.mean) / self.std
+            cdf_alpha = torch.special.ndtr(alpha)
+            mass = (torch.special.ndtr(beta) - cdf_alpha).clamp_min(1e-12)
+            self._bounds = (alpha, beta, cdf_alpha, mass)
+        return self._bounds  # type: ignore[return-value]
+
+    def rsample(self) -> torch.Tensor:
+        _, _, cdf_alpha, mass = self._truncation()
+        u = torch.rand_like(self.mean)
+        p = (cdf_alpha + u * mass).clamp(1e-7, 1 - 1e-7)
+        a = self.mean + self.std * torch.special.ndtri(p)
+        inside = a.clamp(self.low + self.clip, self.high - self.clip)
+        return a - a.detach() + inside.detach()
+
+    def sample(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample()
+
+    def mode(self) -> torch.Tensor:
+        return self.mean.clamp(self.low, self.high)
+
+    def log_prob(self, a: torch.Tensor) -> torch.Tensor:
+        z = (a - self.mean) / self.std
+        log_pdf = -0.5 * z**2 - 0.5 * math.log(2 * math.pi) - torch.log(self.std)
+        return (log_pdf - torch.log(self._truncation()[3])).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        """H = log(sqrt(2 pi e) std Z) + (alpha phi(alpha) - beta phi(beta)) / (2 Z)."""
+        phi = lambda x: torch.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)  # noqa: E731
+        a, b, _, z = self._truncation()
+        h = 0.5 * math.log(2 * math.pi * math.e) + torch.log(self.std * z)
+        h = h + (a * phi(a) - b * phi(b)) / (2 * z)
+        return h.sum(-1)
+
+
 class MSEDist:
     """Unit-variance Gaussian with the constant dropped: -log_prob = 0.5 * squared error."""
 

@@ -23,13 +23,15 @@ One tick (the graph's inputs and outputs are listed in daydream/agent/export.py)
     h_t, z_t, pi = session(o_t, is_first, h_{t-1}, z_{t-1}, a_{t-1}, noise, explore)
     explore:  z_t sampled with u ~ U[0, 1) (categorical, inverse CDF) or eps ~ N(0, 1) (Gaussian)
     eval:     z_t the mode
-    action:   tanh-Gaussian  a = tanh(mean + std * eps)   (eval: tanh(mean)),
-                             + expl_noise * N(0, 1), clipped to [-1, 1] when exploring
+    action:   truncated Normal  a ~ N(mean, std) truncated to [-1, 1] (eval: mean), by rejection
+              tanh-Gaussian     a = tanh(mean + std * eps)   (eval: tanh(mean)),
+                                + expl_noise * N(0, 1), clipped to [-1, 1] when exploring
               one-hot        a = onehot(#{k: cumsum(probs)_k < u})   (eval: onehot(argmax probs))
               random         uniform in [-1, 1] or a uniform one-hot (the state is still tracked)
 
-The same distributions as the torch policy (agent/dists.py: OneHotST.sample, TanhNormal.rsample);
-the random numbers come from numpy's generator instead of torch's.
+The same distributions as the torch policy (agent/dists.py: OneHotST.sample, TruncNormal,
+TanhNormal.rsample; which one: behavior.actor.dist); the random numbers come from numpy's
+generator instead of torch's.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from daydream.core.config import actor_dist
 from daydream.core.spaces import Space
 from daydream.core.weights import (
     ONNX_GRAPH_FORMAT,
@@ -58,6 +61,19 @@ def tanh_normal(mean: np.ndarray, std: np.ndarray, eps: np.ndarray) -> np.ndarra
     return np.tanh(mean + std * eps)
 
 
+def trunc_normal(
+    mean: np.ndarray, std: np.ndarray, rng: np.random.Generator, clip: float = 1e-6
+) -> np.ndarray:
+    """A draw of N(mean, std) truncated to [-1, 1] (dists.TruncNormal), by rejection: with the
+    mean inside the bounds at least a third of the draws land inside, whatever the std."""
+    out = mean + std * rng.standard_normal(mean.shape)
+    outside = np.abs(out) > 1
+    while outside.any():
+        out[outside] = mean[outside] + std[outside] * rng.standard_normal(int(outside.sum()))
+        outside = np.abs(out) > 1
+    return np.clip(out, -1 + clip, 1 - clip)
+
+
 class OnnxPolicy:
     """Owns one ONNX Runtime session of the policy (graph + one version of the weights) and acts
     with it: the torch Agent's ``policy``, ``executed`` and ``load_policy_weights``, in numpy."""
@@ -68,9 +84,11 @@ class OnnxPolicy:
         act_space: dict[str, Space],
         expl_noise: float = 0.0,
         rng: np.random.Generator | None = None,
+        dist: str = "auto",
     ) -> None:
         self.obs_space, self.action_space = obs_space, act_space["action"]
         self.discrete = bool(self.action_space.discrete)
+        self.dist = actor_dist(dist, self.discrete)  # behavior.actor.dist, as the learner's
         self.expl_noise = float(expl_noise)
         self.rng = rng if rng is not None else np.random.default_rng()
         self.session: ort.InferenceSession | None = None
@@ -191,11 +209,15 @@ class OnnxPolicy:
                 index = int(rng.integers(size))
             return np.eye(size, dtype=np.float32)[index]
         mean, std = outputs["action.mean"][0], outputs["action.std"][0]
+        trunc = self.dist == "trunc_normal"  # its mean is the mode; tanh_normal's goes through tanh
         if mode == "eval":
-            return np.tanh(mean).astype(np.float32)
+            return (np.clip(mean, -1, 1) if trunc else np.tanh(mean)).astype(np.float32)
         if mode == "random":
             return rng.uniform(-1, 1, size).astype(np.float32)
-        action = tanh_normal(mean, std, rng.standard_normal(size))
+        if trunc:
+            action = trunc_normal(mean.astype(np.float64), std.astype(np.float64), rng)
+        else:
+            action = tanh_normal(mean, std, rng.standard_normal(size))
         if self.expl_noise:
             action = np.clip(action + self.expl_noise * rng.standard_normal(size), -1, 1)
         return action.astype(np.float32)

@@ -102,7 +102,9 @@ def policy_backend(
         from daydream.runtime.onnx_policy import OnnxPolicy
 
         rng = np.random.default_rng([seed, 1])  # both copies draw from it (the control thread)
-        return lambda: OnnxPolicy(obs_space, act_space, config.behavior.expl_noise, rng)
+        return lambda: OnnxPolicy(
+            obs_space, act_space, config.behavior.expl_noise, rng, config.behavior.actor.dist
+        )
     if backend == "torch":
         import torch
 
