@@ -5,6 +5,14 @@
     python bench/train_step.py --threads 2 --updates 5
     python bench/train_step.py --only dreamer dreaming dreaming-novis dreamer-nce   # + ratios
     python bench/train_step.py --ratios          # Dreaming / Dreamer, DreamingV2 / DreamerV2
+    python bench/train_step.py --only dreamerv2-small --profile       # time per phase of an update
+    python bench/train_step.py --only dreamerv2-small --versus train.precision=bfloat16
+    python bench/train_step.py --only dreamerv2-small --baseline 4f9c252  # an older commit
+    python bench/train_step.py --set device=cuda train.precision=bfloat16   # any config override
+
+``--versus KEY=VALUE`` times every configuration again with that override and prints the
+ratio; ``--baseline REV`` times it with the code of git revision REV (a temporary worktree,
+its own bench script) and prints old / new: "today vs new" in one run, on the same machine.
 
 Each configuration runs in its own process so that its peak memory (max RSS on CPU,
 max allocated on CUDA) is its own. Observations: one 64x64x3 image and a 16-dim
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -74,7 +83,10 @@ RATIO_RUN = ["dreamer", "dreaming", "dreaming-visall", "dreamerv2", "dreamingv2"
              "dreamingv2-visall"]  # fmt: skip
 
 
-def measure(name: str, updates: int, threads: int, batch: int, length: int) -> dict:
+def measure(
+    name: str, updates: int, threads: int, batch: int, length: int, extra: list[str] = (),
+    profile: bool = False,
+) -> dict:
     import contextlib
 
     import numpy as np
@@ -86,7 +98,7 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
 
     torch.set_num_threads(threads)
     algo, overrides = CONFIGS[name]
-    config = load_config(None, algo, overrides)
+    config = load_config(None, algo, [*overrides, *extra])
     obs_space = {"image": Space((64, 64, 3), np.uint8), "state": Space((16,)), **step_spaces()}
     act_space = {"action": Space((6,), np.float32, -1.0, 1.0)}
     agent = Agent(obs_space, act_space, config)
@@ -127,6 +139,8 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
             torch.cuda.synchronize()
         wm_times.append(time.perf_counter() - start)
         wm_cpu_times.append(time.process_time() - cpu_start)
+    if profile:
+        print_phases(agent, data)
     params = sum(p.numel() for p in agent.wm.parameters()) + sum(
         p.numel() for p in agent.behavior.parameters()
     )
@@ -156,6 +170,54 @@ def measure(name: str, updates: int, threads: int, batch: int, length: int) -> d
     }
 
 
+def print_phases(agent, data: dict) -> None:
+    """One update under torch.profiler: the CPU time of each labelled phase (agent.py and
+    world_model.py label them with ``phase``), and what the labels leave out."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if agent.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        agent.train(data)
+        total = time.perf_counter() - start
+    rows = [e for e in prof.key_averages() if e.key.startswith(("wm:", "behaviour:"))]
+    device = "cuda" if agent.device.type == "cuda" else "cpu"
+    print(f"\nphases of one update (profiled: {total * 1e3:.0f} ms wall, {device})")
+    for e in sorted(rows, key=lambda e: -e.cpu_time_total):
+        cuda = getattr(e, "device_time_total", 0.0) if device == "cuda" else 0.0
+        print(f"  {e.key:<48} {e.cpu_time_total / 1e3:9.1f} ms cpu"
+              + (f" {cuda / 1e3:9.1f} ms cuda" if device == "cuda" else "")
+              + f"  {100 * e.cpu_time_total / 1e6 / total:5.1f}%")  # fmt: skip
+    top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]
+    print("  busiest operators (self cpu): " + ", ".join(
+        f"{e.key} {e.self_cpu_time_total / 1e3:.0f} ms" for e in top))  # fmt: skip
+
+
+def run_child(script: str, name: str, args, extra: list[str], env: dict | None = None) -> dict:
+    cmd = [sys.executable, script, "--child", name, "--updates", str(args.updates),
+           "--threads", str(args.threads), "--batch", str(args.batch), "--length", str(args.length)]
+    if extra:
+        cmd += ["--set", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def baseline_worktree(rev: str) -> Path:
+    """A temporary git worktree of ``rev`` (removed at exit)."""
+    import atexit
+    import tempfile
+
+    where = Path(tempfile.mkdtemp(prefix="daydream-baseline-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
+                   check=True, capture_output=True)  # fmt: skip
+    atexit.register(lambda: subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
+        capture_output=True))  # fmt: skip
+    return where
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
@@ -165,6 +227,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every configuration")  # fmt: skip
+    parser.add_argument("--versus", metavar="KEY=VALUE", help="time again with this override")
+    parser.add_argument("--baseline", metavar="REV", help="time again with git revision REV")
+    parser.add_argument("--profile", action="store_true", help="time per phase of an update")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ratios:
@@ -174,42 +241,42 @@ def main() -> None:
         args.updates = args.updates or int(load_config(None, "dreaming").model.vis_every)
     args.updates = args.updates or 3
     if args.child:
-        print(json.dumps(measure(args.child, args.updates, args.threads, args.batch, args.length)))
+        result = measure(args.child, args.updates, args.threads, args.batch, args.length,
+                         args.overrides)  # fmt: skip
+        print(json.dumps(result))
+        return
+    if args.profile:
+        for name in args.only:
+            print(f"{name}: {' '.join(args.overrides)}")
+            measure(name, 1, args.threads, args.batch, args.length, args.overrides, profile=True)
         return
     print(
         f"{'config':<18} {'device':<7} {'thr':>3} {'batch':>6} {'params':>8} "
         f"{'s/update':>9} {'s/wm upd':>9} {'cpu s/upd':>9} {'cpu s/wm':>9} {'peak MB':>8}"
     )
-    results = {}
+    results, others = {}, {}
+    old_tree = baseline_worktree(args.baseline) if args.baseline else None
     for name in args.only:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                name,
-                "--updates",
-                str(args.updates),
-                "--threads",
-                str(args.threads),
-                "--batch",
-                str(args.batch),
-                "--length",
-                str(args.length),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        results[name] = r
-        print(
-            f"{name:<18} {r['device']:<7} {r['threads']:>3} {r['batch']:>6} "
-            f"{r['params_m']:>7.2f}M {r['sec_per_update']:>9.3f} {r['sec_per_wm_update']:>9.3f} "
-            f"{r['cpu_sec_per_update']:>9.3f} {r['cpu_sec_per_wm_update']:>9.3f} "
-            f"{r['peak_mb']:>8.0f}",
-            flush=True,
-        )
+        results[name] = run_child(__file__, name, args, args.overrides)
+        print_row(name, results[name])
+        if args.versus:
+            others[name] = run_child(__file__, name, args, [*args.overrides, args.versus])
+            print_row(f"  {args.versus}", others[name])
+        if old_tree is not None:
+            env = {**os.environ, "PYTHONPATH": str(old_tree)}
+            others[name] = run_child(str(old_tree / "bench/train_step.py"), name, args, [], env)
+            print_row(f"  at {args.baseline}", others[name])
+    if others:
+        what = args.versus or f"revision {args.baseline}"
+        key = "sec" if any(r["device"] != "cpu" for r in results.values()) else "cpu_sec"
+        print(f"\nthis code / {what}, {key.replace('_', ' ')} per update (median):")
+        for name, other in others.items():
+            ratio = other[f"{key}_per_update"] / results[name][f"{key}_per_update"]
+            if args.versus:  # the override is the new thing: how much faster it makes it
+                ratio = 1 / ratio
+                print(f"  {name:<18} {args.versus} is {ratio:.2f}x faster")
+            else:
+                print(f"  {name:<18} this code is {ratio:.2f}x faster than {args.baseline}")
     pairs = [(a, b) for a, b in RATIOS.items() if a in results and b in results]
     if pairs:
         # On a CPU shared with other work, wall time is noisy; process CPU time is not (with
@@ -226,6 +293,16 @@ def main() -> None:
             full = a[f"{key}_per_update"] / b[f"{key}_per_update"]
             wm = a[f"{key}_per_wm_update"] / b[f"{key}_per_wm_update"]
             print(f"{free:<18} / {recon:<10} {full:>7.2f} {wm:>7.2f}")
+
+
+def print_row(name: str, r: dict) -> None:
+    print(
+        f"{name:<18} {r['device']:<7} {r['threads']:>3} {r['batch']:>6} "
+        f"{r['params_m']:>7.2f}M {r['sec_per_update']:>9.3f} {r['sec_per_wm_update']:>9.3f} "
+        f"{r['cpu_sec_per_update']:>9.3f} {r['cpu_sec_per_wm_update']:>9.3f} "
+        f"{r['peak_mb']:>8.0f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

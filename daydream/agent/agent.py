@@ -26,6 +26,9 @@ from daydream.core.spaces import Space
 from daydream.core.weights import PolicyWeights
 
 POLICY_MODULES = ("encoder", "rssm", "actor")
+# the phases of an update, labelled for torch.profiler (bench/train_step.py --profile); a label
+# costs a few microseconds when no profiler runs
+phase = torch.profiler.record_function
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -250,29 +253,34 @@ class Agent:
                 wm_loss, post, metrics = self.wm.loss(data)
         if "wm/model_loss" in metrics:  # wm/loss: the world model's own, on every update alike
             metrics["wm/loss"] = metrics.pop("wm/model_loss")
-        self.model_opt.zero_grad()
-        if vis:
-            self.vis_opt.zero_grad()
-        wm_loss.backward()
-        metrics["wm/grad_norm"] = self.model_opt.clip_and_step()
-        if vis:
-            metrics["wm/vis_grad_norm"] = self.vis_opt.clip_and_step()
+        with phase("wm: backward + optimiser"):
+            self.model_opt.zero_grad()
+            if vis:
+                self.vis_opt.zero_grad()
+            wm_loss.backward()
+            metrics["wm/grad_norm"] = self.model_opt.clip_and_step()
+            if vis:
+                metrics["wm/vis_grad_norm"] = self.vis_opt.clip_and_step()
 
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}  # (B*T, ...)
         start_cont = 1.0 - data["is_terminal"].float().reshape(-1)
         with frozen(self.wm):
             with self._autocast():
-                _, feat, actions, policy = self.behavior.imagine(self.wm, start)
-                ret, weight, value = self.behavior.targets(self.wm, feat, start_cont)
+                with phase("behaviour: imagine"):
+                    _, feat, actions, policy = self.behavior.imagine(self.wm, start)
+                with phase("behaviour: targets (reward, cont, slow critic)"):
+                    ret, weight, value = self.behavior.targets(self.wm, feat, start_cont)
                 actor_loss, m = self.behavior.actor_loss(feat, actions, ret, value, weight, policy)
             metrics.update(m)
             metrics["actor/loss"] = float(actor_loss.detach())
-            metrics["actor/grad_norm"] = self.actor_opt.step(actor_loss)
-        with self._autocast():
-            critic_loss, m = self.behavior.critic_loss(feat, ret, weight)
-        metrics.update(m)
-        metrics["critic/loss"] = float(critic_loss.detach())
-        metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)
+            with phase("behaviour: actor backward + optimiser"):
+                metrics["actor/grad_norm"] = self.actor_opt.step(actor_loss)
+        with phase("behaviour: critic"):
+            with self._autocast():
+                critic_loss, m = self.behavior.critic_loss(feat, ret, weight)
+            metrics.update(m)
+            metrics["critic/loss"] = float(critic_loss.detach())
+            metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)
         self.behavior.update_slow_critic()
         self.updates += 1
         return metrics

@@ -31,6 +31,8 @@ from daydream.agent.nets import MLP, ConvDecoder, ConvEncoder, RunningNorm
 from daydream.agent.rssm import RSSM, State
 from daydream.core.spaces import STEP_KEYS, Space
 
+phase = torch.profiler.record_function  # labels for bench/train_step.py --profile
+
 # Keys in a step record that are not sensors.
 NON_SENSOR_KEYS = set(STEP_KEYS) | {"action", "intervention"}
 
@@ -191,22 +193,28 @@ class WorldModel(nn.Module):
         if self.encoder.norm is not None:  # statistics of everything trained on, this batch too
             self.encoder.norm.update(torch.cat([data[k] for k in self.vectors], -1))
         targets = {**data, **self.encoder.vector_targets(data)} if self.vectors else data
-        if cfg.repr == "dreaming":
-            view, key_view = self._views(data)
-            embed = self.encoder(view)  # (B, T, E) from the first augmented view
-        else:
-            embed = self.encoder(data)  # (B, T, E)
+        with phase("wm: encoder"):
+            if cfg.repr == "dreaming":
+                view, key_view = self._views(data)
+                embed = self.encoder(view)  # (B, T, E) from the first augmented view
+            else:
+                embed = self.encoder(data)  # (B, T, E)
         prev_action = torch.cat(
             [torch.zeros_like(data["action"][:, :1]), data["action"][:, :-1]], 1
         )
-        post, prior = self.rssm.observe(embed, prev_action, data["is_first"])
+        with phase("wm: observe (RSSM over T)"):
+            post, prior = self.rssm.observe(embed, prev_action, data["is_first"])
         feat = self.rssm.feat(post)  # (B, T, F)
-        prior_part, post_part, kl = self.rssm.kl_loss(post, prior, cfg.kl.balance, cfg.kl.free)
+        with phase("wm: KL"):
+            prior_part, post_part, kl = self.rssm.kl_loss(
+                post, prior, cfg.kl.balance, cfg.kl.free
+            )
         losses = {"kl": cfg.kl.scale * (prior_part + post_part)}
         if "decoder" in self.heads:
-            for key, dist in self.heads["decoder"](feat).items():
-                scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
-                losses[key] = -scale * dist.log_prob(targets[key]).mean()
+            with phase("wm: decoder"):
+                for key, dist in self.heads["decoder"](feat).items():
+                    scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
+                    losses[key] = -scale * dist.log_prob(targets[key]).mean()
         if cfg.repr == "nce":
             mean, std = self.heads["state_model"](embed)  # (B, T, F) each
             flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
@@ -221,12 +229,13 @@ class WorldModel(nn.Module):
             for key, dist in self.heads["vis_decoder"](feat[:n].detach()).items():
                 scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
                 losses[f"vis_{key}"] = -scale * dist.log_prob(targets[key][:n]).mean()
-        reward = MSEDist(self.reward(feat), 0)
-        losses["reward"] = -cfg.loss_scales.reward * reward.log_prob(data["reward"]).mean()
-        cont = self.cont(feat)
-        if cont is not None:
-            target = 1.0 - data["is_terminal"].float()
-            losses["cont"] = -cfg.loss_scales.cont * cont.log_prob(target).mean()
+        with phase("wm: reward and continuation heads"):
+            reward = MSEDist(self.reward(feat), 0)
+            losses["reward"] = -cfg.loss_scales.reward * reward.log_prob(data["reward"]).mean()
+            cont = self.cont(feat)
+            if cont is not None:
+                target = 1.0 - data["is_terminal"].float()
+                losses["cont"] = -cfg.loss_scales.cont * cont.log_prob(target).mean()
         total = sum(losses.values())
         metrics = {f"wm/{k}_loss": float(v.detach()) for k, v in losses.items()}
         metrics["wm/loss"] = float(total.detach())
