@@ -50,12 +50,12 @@ def test_report_writes_a_readable_video_and_plots_for_a_short_run(algo, tmp_path
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
-def test_report_on_a_vector_only_task_writes_plots_and_says_why_no_video(tmp_path, capsys):
-    logdir = tmp_path / "pendulum"
-    short_run(logdir, "configs/pendulum.yaml", "dreamer")
+@pytest.mark.parametrize("config", ["configs/pendulum.yaml", "configs/sim_ur5_reach.yaml"])
+def test_report_on_a_vector_only_task_plots_the_open_loop_vectors(config, tmp_path, capsys):
+    logdir = tmp_path / "vectors"
+    short_run(logdir, config, "dreamer", ["ur5.episode_length=40"])
     capsys.readouterr()
-    assert main(["report", "--logdir", str(logdir)]) == 0
-    out = capsys.readouterr().out
-    assert "no image observations" in out
-    paths = printed_paths(out)
+    assert main(["report", "--logdir", str(logdir), "--length", "20"]) == 0
+    paths = printed_paths(capsys.readouterr().out)
     assert paths and all(p.suffix == ".png" and p.is_file() for p in paths)
+    assert "openloop_vectors.png" in {p.name for p in paths}

@@ -44,8 +44,9 @@ def decoder_of(world_model):
 
 @torch.no_grad()
 def open_loop(agent, batch: dict[str, np.ndarray], context: int) -> dict[str, np.ndarray]:
-    """Predict every image sensor of ``batch`` (B, T, ...): ``context`` frames observed, then
-    imagined from the recorded actions. Returns {key: uint8 (B, T, H, W, C)} predictions."""
+    """Predict every sensor of ``batch`` (B, T, ...): ``context`` steps observed, then imagined
+    from the recorded actions. Returns {key: prediction}: uint8 (B, T, H, W, C) for images,
+    float32 (B, T, N) in the sensor's own units for vectors."""
     from daydream.agent.world_model import preprocess, to_torch
 
     wm = agent.wm
@@ -66,7 +67,42 @@ def open_loop(agent, batch: dict[str, np.ndarray], context: int) -> dict[str, np
     for key in wm.images:
         image = (dists[key].mode() + 0.5).clamp(0, 1) * 255
         out[key] = image.round().to(torch.uint8).cpu().numpy()
+    if wm.vectors:  # the decoder predicts them standardised when model.vector_norm is on
+        pred = torch.cat([dists[k].mode() for k in wm.vectors], -1)
+        norm = wm.encoder.norm
+        if norm is not None:
+            pred = pred * norm.var.sqrt().clamp(min=norm.min_std) + norm.mean
+        sizes = [batch[k].shape[-1] for k in wm.vectors]
+        for key, part in zip(wm.vectors, pred.split(sizes, -1), strict=True):
+            out[key] = part.cpu().numpy()
     return out
+
+
+def plot_vectors(
+    batch: dict[str, np.ndarray], preds: dict[str, np.ndarray], keys: list[str], context: int,
+    path: Path,
+) -> Path:  # fmt: skip
+    """Open-loop prediction of the vector sensors of the first sequence: one panel per key,
+    truth solid and prediction dashed per dimension, the context shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=True):
+        truth, pred = batch[key][0], preds[key][0]  # (T, N)
+        for i in range(min(truth.shape[-1], 6)):
+            line = ax.plot(truth[:, i], lw=1.2)[0]
+            ax.plot(pred[:, i], lw=1.2, ls="--", color=line.get_color())
+        ax.axvspan(0, context - 1, color="green", alpha=0.1)
+        ax.set_title(f"{key}: truth (solid), open-loop prediction (dashed)", fontsize=8)
+        ax.set_xlabel("step (green: observed, then imagined)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def video_frames(truth: np.ndarray, pred: np.ndarray, context: int) -> np.ndarray:
@@ -193,12 +229,6 @@ def write_report(
         return written, notes
     agent, config = checkpoint.load_agent(logdir, device="cpu")
     agent.wm.eval()
-    if not agent.wm.images:
-        notes.append(
-            "this task has no image observations (sensors: "
-            f"{', '.join(agent.wm.vectors)}): plots only, no prediction videos"
-        )
-        return written, notes
     if decoder_of(agent.wm) is None:
         notes.append(
             f"model.repr={config.model.repr} was trained without a visualisation decoder "
@@ -217,13 +247,17 @@ def write_report(
         return written, notes
     batch = pick_sequences(replay, sequences, length)
     preds = open_loop(agent, batch, context)
-    for key, pred in preds.items():
-        frames = video_frames(batch[key], pred, context)
+    for key in agent.wm.images:
+        frames = video_frames(batch[key], preds[key], context)
         path = outdir / f"openloop_{key.replace('/', '_')}.{video_format}"
         written.append(write_video(path, frames))
-    notes.append(
-        f"videos: {len(batch['is_first'])} sequences of {length} steps, rows truth / prediction "
-        f"/ error, {context} context frames (green) then imagination (red), updates "
-        f"{agent.updates}"
-    )
+    if agent.wm.images:
+        notes.append(
+            f"videos: {len(batch['is_first'])} sequences of {length} steps, rows truth / "
+            f"prediction / error, {context} context frames (green) then imagination (red), "
+            f"updates {agent.updates}"
+        )
+    if agent.wm.vectors:
+        written.append(plot_vectors(batch, preds, agent.wm.vectors, context,
+                                    outdir / "openloop_vectors.png"))  # fmt: skip
     return written, notes
