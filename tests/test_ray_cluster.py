@@ -4,9 +4,10 @@ custom resources as deploy/ray-cluster.yaml places them.
     node "learner"  {daydream_learner: 1}                      the learner (the Ray driver)
     node "replay"   {daydream_replay: 1, daydream_gateway: 1}  the replay and the gateway
 
-`daydream learner --ray-address ADDR` with ``learner.gateway: ray`` and the resource settings
-``learner.replay_resource`` / ``learner.gateway_resource`` puts the replay and the gateway on
-the replay node while it trains on the learner node; two simulated robots (`daydream actor`)
+`daydream learner --ray-address ADDR` with ``learner.replay_resource`` puts the replay on the
+replay node, and with ``learner.gateway: replay`` (the default) the gateway in the replay
+actor's own process there (the process that holds the gateway's listening socket is the
+replay actor's), while it trains on the learner node; two simulated robots (`daydream actor`)
 stream to the gateway and both receive its weights; the learner is stopped and started again
 and finds the replay on the same node with everything it had stored. A driver on a machine
 attaches to the head node of its cluster (Ray prefers the head among nodes of one host), so
@@ -40,8 +41,7 @@ SETTINGS = [
     "actor.chunk_length=8", "actor.period_s=0.01", "actor.status_every_s=0.5",
     "transport.resend_after_s=2", "transport.heartbeat_timeout_ms=2000",
     "actor.sim_max_lag_steps=0",
-    "learner.gateway=ray", "learner.replay_resource=daydream_replay",
-    "learner.gateway_resource=daydream_gateway",
+    "learner.gateway=replay", "learner.replay_resource=daydream_replay",
 ]  # fmt: skip
 ROBOTS = ("robot-a", "robot-b")
 NODE_MB = 80  # object store per node (the smallest Ray allows is 75 MB)
@@ -63,8 +63,8 @@ def test_replay_and_gateway_on_their_node_learner_on_its_own_robots_get_weights_
     for run in ("first", "reloaded", "restarted"):
         where = facts[run]
         assert where["learner"] == nodes["learner"], f"{run}: the learner ran elsewhere"
-        assert where["ReplayService"] == [nodes["replay"]], f"{run}: {where}"
-        assert where["Gateway"] == [nodes["replay"]], f"{run}: {where}"
+        assert where["ReplayHost"] == [nodes["replay"]], f"{run}: {where}"
+        assert where["gateway"] == nodes["replay"], f"{run}: the gateway is not in the replay"
     first, again = facts["first"], facts["restarted"]
     for robot in ROBOTS:  # trained weights (version > 0) reached both robots, before and after
         assert first["versions"][robot] > 0, f"{robot} got no trained weights"
@@ -106,7 +106,7 @@ def scenario(workdir: str) -> dict:
         learner = start_learner(cluster.address, port, work, keys, "learner-1.log")
         robots = [start_robot(robot, port, work, keys) for robot in ROBOTS]
         procs += [learner, *robots]
-        facts["first"] = observe(work, learner, 0, versions_above={})
+        facts["first"] = observe(work, learner, port, 0, versions_above={})
         for robot in robots:  # they wait for their last acknowledgements
             stop(robot)
         facts["held"] = settled_replay_steps(work)
@@ -114,10 +114,10 @@ def scenario(workdir: str) -> dict:
         before = len(metrics_rows(work))
         learner = start_learner(cluster.address, port, work, keys, "learner-2.log")
         procs.append(learner)
-        facts["reloaded"] = {**first_row(work, learner, before), **placement(learner.pid)}
+        facts["reloaded"] = {**first_row(work, learner, before), **placement(learner.pid, port)}
         facts["reloaded"]["resumed"] = "resumed from" in (work / "learner-2.log").read_text()
         procs += [start_robot(robot, port, work, keys) for robot in ROBOTS]
-        facts["restarted"] = observe(work, learner, before, facts["first"]["versions"])
+        facts["restarted"] = observe(work, learner, port, before, facts["first"]["versions"])
     finally:
         for proc in procs:
             stop(proc)
@@ -157,7 +157,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def observe(
-    work: Path, learner: subprocess.Popen, rows_before: int, versions_above: dict,
+    work: Path, learner: subprocess.Popen, port: int, rows_before: int, versions_above: dict,
     timeout: float = 150,
 ) -> dict:  # fmt: skip
     """Wait until both robots act with weights newer than ``versions_above`` (0 when not named)
@@ -176,7 +176,7 @@ def observe(
     else:
         raise TimeoutError(f"robots never got new weights: {status}")
     return {
-        **placement(learner.pid),
+        **placement(learner.pid, port),
         "versions": {r: s["policy_version"] for r, s in status.items()},
         "acked": {r: s["outbox"].get("acked", 0) for r, s in status.items()},
         "replay_steps": int(rows[-1]["replay_steps"]),
@@ -184,17 +184,23 @@ def observe(
     }
 
 
-def placement(learner_pid: int) -> dict:
-    """The node of every live replay and gateway actor, and of the learner's driver (Ray's GCS
-    tables; the job table's driver address holds its node)."""
+def placement(learner_pid: int, port: int) -> dict:
+    """The node of every live replay actor, of the gateway (the node of the replay actor whose
+    process holds the listening socket on ``port``; None: no replay actor holds it) and of the
+    learner's driver (Ray's GCS tables; the job table's driver address holds its node)."""
     from ray._private import state
     from ray.core.generated import gcs_pb2
 
-    where: dict = {"ReplayService": [], "Gateway": []}
+    from tests.test_gateway_in_replay import listening_pid
+
+    holder = listening_pid(f"tcp://127.0.0.1:{port}")
+    where: dict = {"ReplayHost": [], "gateway": None}
     for actor in state.actors().values():
         name = actor["ActorClassName"].split(".")[-1]
-        if actor["State"] == "ALIVE" and name in where:
+        if actor["State"] == "ALIVE" and name == "ReplayHost":
             where[name].append(actor["Address"]["NodeID"])
+            if actor["Pid"] == holder:
+                where["gateway"] = actor["Address"]["NodeID"]
     accessor = state.state._connect_and_get_accessor()
     for raw in accessor.get_job_table(skip_submission_job_info_field=True,
                                       skip_is_running_tasks_field=True):  # fmt: skip

@@ -162,8 +162,9 @@ class Gateway:
         return self._weights_version
 
     def stats(self) -> dict:
-        """Counters: chunks, acks, rejected messages by reason, weights served."""
-        rejected = {f"rejected_{k}": v for k, v in self.server.rejected.items()}
+        """Counters: chunks, acks, rejected messages by reason, weights served (any thread may
+        ask while the loop runs: the counters are copied in one step each)."""
+        rejected = {f"rejected_{k}": v for k, v in dict(self.server.rejected).items()}
         return {
             **dict(self.counts),
             **rejected,
