@@ -34,7 +34,7 @@ PNG = np.frombuffer(b"\x89PNG\r\n\x1a\n" + bytes(24), np.uint8)  # a thumbnail's
 @pytest.fixture(scope="module")
 def key_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("keys")
-    curve.create_keys(path, ["robot"])
+    curve.create_keys(path, ["robot", "robot-new"])
     return path
 
 
@@ -49,25 +49,33 @@ def chunk(seq: int) -> dict[str, np.ndarray]:
 CHUNK_BYTES = sum(a.nbytes for a in chunk(0).values())
 
 
-def connect(endpoint: str, key_dir: Path, actor: str = "robot-0") -> TransportClient:
-    return TransportClient(endpoint, actor, key_file=key_dir / "robot.key_secret",
+def connect(
+    endpoint: str, key_dir: Path, actor: str = "robot-0", key: str = "robot"
+) -> TransportClient:
+    return TransportClient(endpoint, actor, key_file=key_dir / f"{key}.key_secret",
                            server_key_file=key_dir / "gateway.key", options=OPTIONS)  # fmt: skip
 
 
 def stream(client: TransportClient, seqs: range, timeout: float = 30.0) -> list[dict]:
     """Send chunk ``seqs`` and wait until every one is acknowledged; the acks."""
-    pending, acked, acks = list(seqs), set(), []
+    answers = send(client, seqs, timeout)
+    assert all(m["type"] == "ack" for m in answers), answers
+    return answers
+
+
+def send(client: TransportClient, seqs: range, timeout: float = 30.0) -> list[dict]:
+    """Send chunk ``seqs`` and wait until every one is answered; the acks and nacks."""
+    pending, answered, answers = list(seqs), set(), []
     deadline = time.monotonic() + timeout
-    while len(acked) < len(seqs):
-        assert time.monotonic() < deadline, f"acked only {sorted(acked)}"
+    while len(answered) < len(seqs):
+        assert time.monotonic() < deadline, f"answered only {sorted(answered)}"
         while pending and client.send_chunk(pending[0], chunk(pending[0])):
             pending.pop(0)
         for msg in client.poll(10):
-            assert msg["type"] != "nack", msg
-            if msg["type"] == "ack":
-                acked.update(msg["seqs"])
-                acks.append(msg)
-    return acks
+            if msg["type"] in ("ack", "nack"):
+                answered.update(msg["seqs"])
+                answers.append(msg)
+    return answers
 
 
 def object_store_created_bytes() -> int:
@@ -172,6 +180,39 @@ def wait_for_message(client: TransportClient, kind: str, timeout: float = 10.0) 
             if msg["type"] == kind:
                 return msg
     raise AssertionError(f"no {kind} message within {timeout} s")
+
+
+def test_a_stream_rebound_before_the_gateway_starts_takes_only_the_new_robot_s_chunks(
+    ray_session, key_dir, tmp_path
+):
+    """``daydream learner --rebind STREAM=NEW.key`` rebinds in the replay actor, then starts the
+    gateway in it (start_learner): the gateway refuses the old key and takes the new one."""
+    directory = str(tmp_path / "replay")
+    replay = RemoteReplay.start(capacity=100_000, directory=directory)
+    gateway = GatewayRunner("replay", replay, "tcp://127.0.0.1:*", key_dir=key_dir,
+                            options=OPTIONS)  # fmt: skip
+    with connect(gateway.endpoint, key_dir, "arm", "robot") as old:
+        stream(old, range(2))  # the stream belongs to the old robot's key
+    gateway.stop()
+    replay.close()
+    replay = RemoteReplay.start(capacity=100_000, directory=directory)  # the learner restarted
+    new_key = curve.load_keypair(key_dir / "robot-new.key")[0].decode()
+    old_key = curve.load_keypair(key_dir / "robot.key")[0].decode()
+    assert replay.rebind("arm", new_key) == old_key
+    gateway = GatewayRunner("replay", replay, "tcp://127.0.0.1:*", key_dir=key_dir,
+                            options=OPTIONS)  # fmt: skip
+    try:
+        with connect(gateway.endpoint, key_dir, "arm", "robot") as old:
+            refused = send(old, range(2, 4))
+        assert {m["type"] for m in refused} == {"nack"}
+        assert all(m["reason"].startswith("stream_owned") for m in refused)
+        with connect(gateway.endpoint, key_dir, "arm", "robot-new") as new:
+            stream(new, range(2, 4))
+        assert sorted(replay.keys()) == [("arm", s) for s in range(4)]
+        assert gateway.stats()["rejected_stream_owned"] == 2
+    finally:
+        gateway.stop()
+        replay.close()
 
 
 def test_a_gateway_that_cannot_start_in_the_replay_says_why_in_one_line(ray_session, tmp_path):
