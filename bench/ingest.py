@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -163,7 +164,9 @@ def bench_disk(args, directory: Path) -> float:
         batch = [(s, seq + len(batch), c) for s, seq, c in batch]  # new chunks each round
         replay.add_batch(batch)
         steps += len(batch) * args.chunk
-    return steps / (time.monotonic() - t0)
+    rate = steps / (time.monotonic() - t0)
+    shutil.rmtree(directory, ignore_errors=True)
+    return rate
 
 
 # ---------------------------------------------------------------- daydream pipeline
@@ -255,6 +258,7 @@ def bench_daydream(args, mode: str, key_dir: Path | None, directory: Path) -> tu
     gateway.stop()
     replay_stats = replay.stats()
     replay.close()
+    shutil.rmtree(directory, ignore_errors=True)  # its page cache goes too: rounds start alike
     per_k = {name: 1e6 * c / max(s1 - s0, 1) for name, c in cpu.items()}  # ms / 1,000 steps
     return (s1 - s0) / (t1 - t0), {**stats, **{f"replay_{k}": v for k, v in replay_stats.items()},
                                    "cpu_ms_per_1000": per_k}  # fmt: skip
@@ -317,6 +321,7 @@ def main() -> int:
                   {k: v for k, v in stats.items() if k.startswith("rejected_")}, flush=True)
     finally:
         stop_ray()
+        shutil.rmtree(tmp, ignore_errors=True)
     if "replay" in rates:
         new = float(np.median(rates["replay"]))
         for old in (m for m in rates if m != "replay"):
