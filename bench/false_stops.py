@@ -22,9 +22,7 @@ the loaded p99 within 2x of the quiet one.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -36,10 +34,7 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from weights import SPACES, instant_spaces, make_instant, pct, publisher  # noqa: E402, F401
-
-import robots  # noqa: E402
-from daydream.core.config import load_config  # noqa: E402
+from weights import BenchActor, pct  # noqa: E402
 
 
 def spin() -> None:
@@ -94,7 +89,6 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[])
     args = parser.parse_args()
 
-    from daydream.runtime.robot_actor import RobotActor
     from daydream.wire.curve import create_keys
 
     tmp = Path(tempfile.mkdtemp(prefix="daydream-bench-false-stops-"))
@@ -104,47 +98,31 @@ def main() -> int:
         f"transport.key_dir={tmp / 'keys'}", f"actor.period_s={args.period}",
         "actor.status_every_s=1000", "device=cpu",
     ]  # fmt: skip
-    ctx = mp.get_context("spawn")
-    conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=publisher, args=(args.config, overrides, str(tmp / "keys"),
-                                              child_conn), daemon=True)  # fmt: skip
-    proc.start()
-    endpoint, obs_space, act_space = conn.recv()
-    SPACES.update(obs=obs_space, act=act_space)
-    robots.register("bench_instant", "weights:make_instant", "weights:instant_spaces")
-    config = load_config(args.config, overrides=overrides)
-    actor = RobotActor.networked(config, endpoint, "bench", robot_name="bench_instant")
-    thread = threading.Thread(target=actor.run, daemon=True)
+    bench = BenchActor(args.config, overrides, tmp)
+    actor, config = bench.actor, bench.config
     watcher = StopWatcher(actor)
     busy: list = []
     published = 0
     end = time.perf_counter() + 60 * args.minutes
     load_at = time.perf_counter() + 60 * args.quiet_minutes
     try:
-        thread.start()
+        bench.thread.start()
         watcher.start()
         while time.perf_counter() < end:
             if not busy and time.perf_counter() >= load_at:
                 load_at = time.perf_counter()
-                busy = [ctx.Process(target=spin, daemon=True) for _ in range(args.busy)]
+                busy = [bench.ctx.Process(target=spin, daemon=True) for _ in range(args.busy)]
                 for p in busy:
                     p.start()
                 print(f"load: {len(busy)} busy processes from now on", flush=True)
-            conn.send("publish")
-            conn.recv()
+            bench.publish()
             published += 1
             time.sleep(args.publish_every)
     finally:
         for p in busy:
             p.kill()
         watcher.stop()
-        actor.stop()
-        thread.join(timeout=30)
-        conn.send("stop")
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        bench.close()
 
     start = end - 60 * args.minutes
     ticks = list(actor.tick_times)  # (start, seconds of work) per acting tick

@@ -121,6 +121,45 @@ def publisher(config_path: str, overrides: list[str], key_dir: str, conn) -> Non
     gateway.stop()
 
 
+class BenchActor:
+    """Owns a learner's stand-in (``publisher``, in a child process) and a real ``RobotActor``
+    on the instantly answering robot, connected to it over CURVE; ``publish()`` sends new
+    weights, ``close()`` stops both and removes the temporary directory."""
+
+    def __init__(self, config_path: str, overrides: list[str], tmp: Path) -> None:
+        from daydream.runtime.robot_actor import RobotActor
+
+        self.tmp = tmp
+        self.ctx = mp.get_context("spawn")
+        self.conn, child_conn = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=publisher, args=(config_path, overrides,
+                                     str(tmp / "keys"), child_conn), daemon=True)  # fmt: skip
+        self.proc.start()
+        endpoint, obs_space, act_space = self.conn.recv()
+        SPACES.update(obs=obs_space, act=act_space)
+        module = make_instant.__module__  # __main__ when run, weights when imported
+        robots.register("bench_instant", f"{module}:make_instant", f"{module}:instant_spaces")
+        self.config = load_config(config_path, overrides=overrides)
+        self.actor = RobotActor.networked(
+            self.config, endpoint, "bench", robot_name="bench_instant"
+        )
+        self.thread = threading.Thread(target=self.actor.run, daemon=True)
+
+    def publish(self) -> tuple[int, float, int]:
+        """New weights from the learner: (version, time.monotonic() published, bytes)."""
+        self.conn.send("publish")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.actor.stop()
+        self.thread.join(timeout=30)
+        self.conn.send("stop")
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def pct(values, q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1e3, q)) if len(values) else float("nan")
 
@@ -135,7 +174,6 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[])
     args = parser.parse_args()
 
-    from daydream.runtime.robot_actor import RobotActor
     from daydream.wire.curve import create_keys
 
     tmp = Path(tempfile.mkdtemp(prefix="daydream-bench-weights-"))
@@ -148,23 +186,13 @@ def main() -> int:
         "actor.status_every_s=1000",
         "device=cpu",
     ]
-    ctx = mp.get_context("spawn")
-    conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=publisher, args=(args.config, overrides, str(tmp / "keys"),
-                                              child_conn), daemon=True)  # fmt: skip
-    proc.start()
-    endpoint, obs_space, act_space = conn.recv()
-    SPACES.update(obs=obs_space, act=act_space)
-    robots.register("bench_instant", "__main__:make_instant", "__main__:instant_spaces")
-    config = load_config(args.config, overrides=overrides)
-    actor = RobotActor.networked(config, endpoint, "bench", robot_name="bench_instant")
-    thread = threading.Thread(target=actor.run, daemon=True)
+    bench = BenchActor(args.config, overrides, tmp)
+    actor = bench.actor
     published: dict[int, float] = {}
     size = 0
     try:
-        thread.start()
-        conn.send("publish")  # v1: the actor leaves the random policy
-        version, at, size = conn.recv()
+        bench.thread.start()
+        version, at, size = bench.publish()  # v1: the actor leaves the random policy
         published[version] = at
         while actor.slots.version < 1:
             time.sleep(0.05)
@@ -173,20 +201,13 @@ def main() -> int:
         time.sleep(args.quiet)
         swap_start = time.perf_counter()
         while time.perf_counter() < swap_start + args.swapping:
-            conn.send("publish")
-            version, at, _ = conn.recv()
+            version, at, _ = bench.publish()
             published[version] = at
             time.sleep(args.publish_every)
         swapping = (swap_start, time.perf_counter())
         time.sleep(1.0)
     finally:
-        actor.stop()
-        thread.join(timeout=30)
-        conn.send("stop")
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        bench.close()
 
     ticks = list(actor.tick_times)  # (start, seconds of work) per acting tick
     in_quiet = [d for s, d in ticks if quiet[0] <= s < quiet[1]]
