@@ -42,3 +42,19 @@ def test_the_pace_thread_tells_a_fresh_figure_many_times_a_second():
         thread.stop()
     assert told[0] == 0 and told[-1] == 500
     assert len(told) >= 4
+
+
+def test_the_gateway_passes_on_the_pace_only_while_the_learner_keeps_telling_it(monkeypatch):
+    from daydream.replay.service import ReplayService
+    from daydream.wire import gateway as gateway_module
+
+    now = [1000.0]
+    monkeypatch.setattr(gateway_module.time, "monotonic", lambda: now[0])
+    gateway = gateway_module.Gateway(ReplayService(1000), "tcp://127.0.0.1:*", curve=False)
+    assert gateway.behind() == 0  # never told: robots do not wait
+    gateway.set_pace(500)
+    now[0] += gateway_module.PACE_FRESH_S - 1
+    assert gateway.behind() == 500
+    assert gateway._weights_info()["behind"] == 500
+    now[0] += 2  # the learner has been silent too long: it is gone, robots go on
+    assert gateway.behind() == 0 and gateway._weights_info()["behind"] == 0

@@ -321,13 +321,12 @@ ACTOR_DISTS = ("auto", "trunc_normal", "tanh_normal", "onehot")
 
 def actor_dist(name: str, discrete: bool) -> str:
     """``behavior.actor.dist`` resolved: auto is DreamerV2's rule (onehot for discrete actions,
-    trunc_normal for continuous ones); a continuous choice for discrete actions is refused."""
+    trunc_normal for continuous ones). The setting chooses among continuous distributions:
+    discrete actions are always onehot (a preset's tanh_normal does not apply to them)."""
     if name not in ACTOR_DISTS:
         known = ", ".join(ACTOR_DISTS)
         raise ValueError(f"behavior.actor.dist must be one of {known}, got {name!r}")
     if discrete:
-        if name not in ("auto", "onehot"):
-            raise ValueError(f"behavior.actor.dist {name} is for continuous actions; use auto")
         return "onehot"
     if name == "onehot":
         raise ValueError("behavior.actor.dist onehot is for discrete actions; use auto")

@@ -35,7 +35,9 @@ from daydream.wire.transport import TransportClient, TransportOptions
 
 log = logging.getLogger("daydream.actor")
 
-PACE_STALE_S = 5.0  # a learner not heard from for this long is not waited for
+# A gateway not heard from for this long is not waited for (whether the learner behind it is
+# alive, the gateway judges: it stops passing on a pace the learner no longer updates)
+PACE_STALE_S = 30.0
 MAX_EPISODES_KEPT = 1000  # episode reports waiting for a heartbeat (the oldest go first)
 EPISODES_PER_HEARTBEAT = 64
 REQUEST_AGAIN_S = 5.0  # ask again for announced weights whose answer was lost

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 2  # replay batches awaiting an answer (one writing, one queued)
 PEER_TIMEOUT_S = 60.0  # robots not heard from for this long get no weight announcements
+PACE_FRESH_S = 5.0  # a pace figure older than this is not passed on (the learner is gone)
 MAX_REPORTS = 4096  # heartbeat reports kept until the learner pops them
 MAX_REPORTED_EPISODES = 64  # episodes read from one heartbeat
 MAX_EPISODE_FIGURES = 8  # task figures kept per reported episode (final_distance, ...)
@@ -126,6 +127,7 @@ class Gateway:
         self._weights_bytes: bytearray | None = None  # encoded once, sent to every robot
         self._announce = False
         self._behind = 0  # environment steps the learner is behind train.ratio (set_pace)
+        self._pace_at = -1e9  # when the learner last said so (time.monotonic())
         self._peers: dict[bytes, float] = {}
         self._reports: deque = deque(maxlen=MAX_REPORTS)  # heartbeat reports for the learner
         self._in_flight: list = []  # (ticket, [(peer, actor, seq)])
@@ -155,7 +157,15 @@ class Gateway:
     def set_pace(self, behind: int) -> None:
         """How many environment steps the learner is behind its training ratio (0: keeping up);
         robots hear it with every ack and weights announcement."""
-        self._behind = max(0, int(behind))
+        self._behind, self._pace_at = max(0, int(behind)), time.monotonic()
+
+    def behind(self) -> int:
+        """What the robots are told: the learner's last figure while it keeps telling it (it
+        does many times a second), 0 once it has been silent for PACE_FRESH_S: robots never
+        wait for a learner that is gone, even though this gateway (in the replay's process)
+        outlives it."""
+        fresh = time.monotonic() - self._pace_at < PACE_FRESH_S
+        return self._behind if fresh else 0
 
     @property
     def weights_version(self) -> int:
@@ -349,7 +359,7 @@ class Gateway:
         for (peer, actor), seqs in acks.items():
             self.counts["acks_sent"] += len(seqs)
             self.server.send(
-                peer, {"type": "ack", "actor": actor, "seqs": seqs, "behind": self._behind}
+                peer, {"type": "ack", "actor": actor, "seqs": seqs, "behind": self.behind()}
             )
         for (peer, actor, reason), seqs in nacks.items():
             self._nack(peer, actor, seqs, reason)
@@ -366,7 +376,7 @@ class Gateway:
             self.server.send(peer, self._weights_info())
 
     def _weights_info(self) -> dict:
-        return {"type": "weights_info", "version": self._weights_version, "behind": self._behind}
+        return {"type": "weights_info", "version": self._weights_version, "behind": self.behind()}
 
     def _announce_weights(self, now: float) -> None:
         self._announce = False
