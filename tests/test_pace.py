@@ -58,3 +58,28 @@ def test_the_gateway_passes_on_the_pace_only_while_the_learner_keeps_telling_it(
     assert gateway._weights_info()["behind"] == 500
     now[0] += 2  # the learner has been silent too long: it is gone, robots go on
     assert gateway.behind() == 0 and gateway._weights_info()["behind"] == 0
+
+
+def test_a_robot_counts_its_own_steps_in_flight_only_while_the_learner_is_behind(tmp_path):
+    import numpy as np
+
+    from daydream.core.config import load_config
+    from daydream.runtime.links import PACE_STALE_S, NetworkLink
+    from daydream.runtime.robot_actor import PolicySlots
+
+    config = load_config("configs/pendulum.yaml", overrides=[
+        f"logdir={tmp_path}", "transport.curve=false", "actor.chunk_length=16"])  # fmt: skip
+    link = NetworkLink(config, "tcp://127.0.0.1:9", "a", tmp_path, PolicySlots(lambda: None))
+    try:
+        chunk = {"x": np.zeros((16, 1), np.float32)}
+        for _ in range(20):  # 20 chunks queued for the network thread, none acknowledged
+            link.send_chunk(chunk)
+        now = time.monotonic()
+        link._behind = (10, now)
+        assert link.behind() == 10 + 20 * 16
+        link._behind = (0, now)  # the learner keeps up: a backlog alone is no reason to wait
+        assert link.behind() == 0
+        link._behind = (10, now - PACE_STALE_S - 1)  # not heard for too long: do not wait
+        assert link.behind() == 0
+    finally:
+        link.client.close()

@@ -82,6 +82,11 @@ class ChunkDelivery:
     def idle(self) -> bool:
         return len(self.outbox) == 0 and self._queue.empty()
 
+    @property
+    def unacknowledged(self) -> int:
+        """Chunks handed over that the replay has not acknowledged yet (queued, in the outbox)."""
+        return self._queue.qsize() + len(self.outbox)
+
 
 class Reports:
     """Owns the episode returns waiting to be reported in a heartbeat."""
@@ -186,6 +191,7 @@ class NetworkLink:
             options=TransportOptions.from_block(transport),
         )
         self.delivery = ChunkDelivery(self.outbox, self.client, actor.queue_chunks)
+        self.chunk_length = int(actor.chunk_length)
         self.reports = Reports()
         self.weights = WeightsReceiver(slots, 2.0 * period)
         self.slots = slots
@@ -220,9 +226,13 @@ class NetworkLink:
 
     def behind(self) -> int:
         """Environment steps the learner is behind its training ratio, as it last said (0 when
-        it has not said so for PACE_STALE_S: a learner that is gone is not waited for)."""
+        it has not said so for PACE_STALE_S: a learner that is gone is not waited for), plus
+        this robot's steps on their way to the replay, which the learner cannot count yet: a
+        fast simulation has hundreds of them in flight."""
         steps, at = self._behind
-        return steps if time.monotonic() - at < PACE_STALE_S else 0
+        if steps <= 0 or time.monotonic() - at >= PACE_STALE_S:
+            return 0  # keeping up, or gone: do not wait (an outbox backlog alone is no reason)
+        return steps + self.delivery.unacknowledged * self.chunk_length
 
     def silent_s(self) -> float:
         """Seconds since the learner last answered (since the start, if it never did)."""
