@@ -1,7 +1,7 @@
 """What do world models buy? A model-free baseline on the same robots, tasks and step budgets
 as bench/learn.py: stable-baselines3's SAC on the robot as a gymnasium environment.
 
-    python bench/baseline.py --task configs/sim_ur5_reach.yaml --set 'model.cnn_keys=$^'
+    python bench/baseline.py --task configs/sim_ur5_reach.yaml --steps 10000
     python bench/baseline.py --task configs/sim_quadruped.yaml --steps 50000
     python bench/baseline.py --task configs/pendulum.yaml --steps 20000
 

@@ -18,7 +18,7 @@ def test_before_the_ratio_counts_robots_may_fill_the_prefill_then_wait_while_pre
 def test_behind_counts_the_learner_s_own_updates_from_where_the_ratio_started():
     pace = RatioPace(ratio=128, min_size=1000, batch_steps=512)  # an update pays for 4 steps
     pace.pretraining = True
-    pace.start(sampled=128 * 1200, updates=100)  # start_ratio: the 1,200 stored steps owe nothing
+    pace.start(sampled=128 * 1200, updates=100)  # as the replay counted when the ratio started
     assert not pace.pretraining
     assert pace.behind(inserted=1200, updates=100) == 0
     assert pace.behind(inserted=1600, updates=100) == 400

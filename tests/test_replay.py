@@ -272,3 +272,15 @@ def test_a_local_ray_start_ignores_another_cluster_on_the_machine(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "cpus 1.0" in done.stdout
+
+
+def test_starting_the_ratio_forgives_the_prefill_and_no_more():
+    from daydream.replay.service import ReplayService
+
+    service = ReplayService(10**6, min_size=100, samples_per_insert=8, spi_tolerance=0)
+    for seq in range(45):  # 180 steps: robots overshot the 100-step prefill by 80
+        service.add_batch([("a", seq, make_chunk(0, seq))])
+    service.start_ratio()
+    stats = service.stats()
+    assert stats["inserted_steps"] == 180 and stats["sampled_steps"] == 8 * 100
+    assert service.sample(4, 16, timeout=0.0) is not None  # the 80 extra steps are owed

@@ -110,11 +110,13 @@ class ReplayService:
             limiter.load_state(sampled)
 
     def start_ratio(self) -> None:
-        """Count the ratio from now on: the steps stored so far (the prefill, trained on by the
-        uncounted pretraining) owe no updates."""
+        """Count the ratio from now on: the prefill (``min_size`` steps, trained on by the
+        uncounted pretraining) owes no updates. Steps stored beyond it (fast simulated robots
+        overshoot while the learner starts pretraining) are owed, as one process owes them."""
         with self._cond:
             limiter = self._limiter
-            limiter.load_state(max(limiter.sampled, int(limiter.ratio * limiter.inserted)))
+            forgiven = min(limiter.inserted, limiter.min_size)
+            limiter.load_state(max(limiter.sampled, int(limiter.ratio * forgiven)))
 
     def rebind(self, stream: str, key: str) -> str | None:
         """Give ``stream`` to the robot key ``key`` (Z85 text) on purpose; returns the key it
