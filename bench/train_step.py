@@ -87,12 +87,11 @@ def measure(
     name: str, updates: int, threads: int, batch: int, length: int, extra: list[str] = (),
     profile: bool = False,
 ) -> dict:
-    import contextlib
 
     import numpy as np
     import torch
 
-    from daydream.agent.agent import Agent, without_head
+    from daydream.agent.agent import Agent
     from daydream.core.config import load_config
     from daydream.core.spaces import Space, step_spaces
 
@@ -133,8 +132,7 @@ def measure(
         start, cpu_start = time.perf_counter(), time.process_time()
         batch_t = preprocess(to_torch(data, agent.device), agent.wm.images)
         hide = agent.vis_opt is not None and i % config.model.vis_every
-        with without_head(agent.wm, "vis_decoder") if hide else contextlib.nullcontext():
-            agent.model_opt.step(agent.wm.loss(batch_t)[0])
+        agent.model_opt.step(agent.wm.loss(batch_t, vis=not hide)[0])
         if agent.device.type == "cuda":
             torch.cuda.synchronize()
         wm_times.append(time.perf_counter() - start)

@@ -114,18 +114,6 @@ def frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
-@contextlib.contextmanager
-def without_head(wm: nn.Module, name: str):
-    """The world model without one of its heads while the block runs (its loss skips a head it
-    does not have); the head and its parameters are untouched."""
-    heads = wm.heads
-    wm.heads = nn.ModuleDict({k: m for k, m in heads.items() if k != name})
-    try:
-        yield
-    finally:
-        wm.heads = heads
-
-
 class Agent:
     """Owns the world model, the behaviour (actor, critics) and their optimisers."""
 
@@ -248,9 +236,8 @@ class Agent:
         """
         data = preprocess(to_torch(batch, self.device), self.wm.images)
         vis = self.vis_opt is not None and self.updates % self.config.model.vis_every == 0
-        with contextlib.nullcontext() if vis else without_head(self.wm, "vis_decoder"):
-            with self._autocast():
-                wm_loss, post, metrics = self.wm.loss(data)
+        with self._autocast():
+            wm_loss, post, metrics = self.wm.loss(data, vis=vis)
         if "wm/model_loss" in metrics:  # wm/loss: the world model's own, on every update alike
             metrics["wm/loss"] = metrics.pop("wm/model_loss")
         with phase("wm: backward + optimiser"):

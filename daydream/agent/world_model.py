@@ -187,8 +187,12 @@ class WorldModel(nn.Module):
     def cont(self, feat: torch.Tensor) -> Bernoulli | None:
         return Bernoulli(self.heads["cont"](feat).squeeze(-1)) if "cont" in self.heads else None
 
-    def loss(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, State, dict[str, float]]:
-        """data: preprocessed batch (B, T, ...). Returns loss, posterior states, metrics."""
+    def loss(
+        self, data: dict[str, torch.Tensor], vis: bool = True
+    ) -> tuple[torch.Tensor, State, dict[str, float]]:
+        """data: preprocessed batch (B, T, ...). Returns loss, posterior states, metrics.
+        ``vis``: also the visualisation decoder's loss (reconstruction-free models train it
+        every ``model.vis_every`` updates only)."""
         cfg = self.cfg
         if self.encoder.norm is not None:  # statistics of everything trained on, this batch too
             self.encoder.norm.update(torch.cat([data[k] for k in self.vectors], -1))
@@ -224,7 +228,8 @@ class WorldModel(nn.Module):
             key_embed = self.encoder(key_view)  # (B, T, E) from the second view
             kl_0 = losses.pop("kl")  # the one-step KL is the k = 0 overshooting term
             losses.update(self._dreaming_losses(post, feat, key_embed, prev_action, data, kl_0))
-        if "vis_decoder" in self.heads:
+        vis = vis and "vis_decoder" in self.heads
+        if vis:
             n = cfg.vis_batch or feat.shape[0]  # sequences it trains on (it only draws reports)
             for key, dist in self.heads["vis_decoder"](feat[:n].detach()).items():
                 scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
@@ -239,7 +244,7 @@ class WorldModel(nn.Module):
         total = sum(losses.values())
         metrics = {f"wm/{k}_loss": float(v.detach()) for k, v in losses.items()}
         metrics["wm/loss"] = float(total.detach())
-        if "vis_decoder" in self.heads:  # the world model's own loss, without the visualisation
+        if vis:  # the world model's own loss, without the visualisation
             own = sum(v for k, v in losses.items() if not k.startswith("vis_"))
             metrics["wm/model_loss"] = float(own.detach())
         metrics["wm/kl"] = float(kl.mean())
