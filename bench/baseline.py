@@ -4,6 +4,9 @@ as bench/learn.py: stable-baselines3's SAC on the robot as a gymnasium environme
     python bench/baseline.py --task configs/sim_ur5_reach.yaml --steps 10000
     python bench/baseline.py --task configs/sim_quadruped.yaml --steps 50000
     python bench/baseline.py --task configs/pendulum.yaml --steps 20000
+    python bench/baseline.py --task configs/sim_quadruped.yaml --steps 5000 --random
+
+``--random`` acts uniformly at random instead (the floor a learner's figures are read against).
 
 The robot is the unchanged driver behind robots/gymnasium_env.py (every action through the
 robot's own limits, as under the safety supervisor), seeded with ``--seed`` (default the config's).
@@ -73,6 +76,23 @@ def make_callback(task: str, table: Table, curve: Curve, start: float):
     return Rows()
 
 
+def act_randomly(env, steps: int, seed: int, table: Table, curve: Curve, start: float) -> None:
+    """Uniformly random actions for ``steps`` steps, turned into the same rows as SAC's."""
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    episode_return, length = 0.0, 0
+    for step in range(1, steps + 1):
+        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        episode_return, length = episode_return + float(reward), length + 1
+        if terminated or truncated:
+            curve.add({"step": step, "episode_return": episode_return, "episode_length": length,
+                       **info.get("episode_info", {})})  # fmt: skip
+            episode_return, length = 0.0, 0
+            env.reset()
+        curve.add({"step": step})
+        table.add(curve.due(), time.time() - start)
+
+
 def main(argv: list[str] | None = None) -> int:
     import stable_baselines3 as sb3
     import torch
@@ -87,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: the config's seed")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE")  # fmt: skip
+    parser.add_argument("--random", action="store_true", help="uniformly random actions, no SAC")
     args = parser.parse_args(argv)
     config = load_config(args.task, None, args.overrides)
     steps = args.steps or int(config.train.steps)
@@ -99,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     device = "cpu" if config.device == "cpu" else "auto"
     if config.train.torch_threads:
         torch.set_num_threads(int(config.train.torch_threads))
+    name = "random" if args.random else algo.__name__
+    how = f"stable-baselines3 {sb3.__version__}, {policy}, defaults"
+    how = "uniform actions" if args.random else how
     print(
-        f"baseline: {algo.__name__} (stable-baselines3 {sb3.__version__}, {policy}, defaults) on "
+        f"baseline: {name} ({how}) on "
         f"{args.task} ({config.robot.name}), {steps} steps, seed {seed}, device {device}\n"
         f"baseline: observations {', '.join(keys)} ({'one Box' if flat else 'Dict'})",
         flush=True,
@@ -110,14 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     env = RobotEnv(config, keys=keys, flat=flat)
     code = 0
     try:
-        model = algo(policy, env, seed=seed, device=device, verbose=0)
-        model.learn(total_timesteps=steps, callback=make_callback(task, table, curve, start))
+        if args.random:
+            act_randomly(env, steps, seed, table, curve, start)
+        else:
+            model = algo(policy, env, seed=seed, device=device, verbose=0)
+            model.learn(total_timesteps=steps, callback=make_callback(task, table, curve, start))
     except KeyboardInterrupt:
         code = 130
     finally:
         env.close()
     table.add(curve.due(final=True), time.time() - start)
-    title = f"{algo.__name__} on {args.task}: mean return of the last {WINDOW} episodes"
+    title = f"{name} on {args.task}: mean return of the last {WINDOW} episodes"
     table.print_all(title + (f" and {task} success" if task else ""), curve.episodes,
                     time.time() - start)  # fmt: skip
     return code
