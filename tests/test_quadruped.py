@@ -157,6 +157,35 @@ def test_no_simulated_time_passes_on_a_paused_board_even_relaxed(robot):
     assert wait_for(lambda: physics.time > before)
 
 
+def test_a_board_paused_past_its_command_timeout_sleeps_between_checks(monkeypatch):
+    # A simulated robot waiting for the learner is paused ACTIVE for seconds at a time; the
+    # board thread then spun select() with a zero wait once the (suspended) timeout had passed,
+    # taking a core from the learner (two quadrupeds halved its updates per second).
+    import robots.sim.virtual_board as vb
+
+    r = make("sim_quadruped.board_timeout_s=0.15")
+    with r:
+        r.reset()
+        execute(r, zero())
+        board = board_of(r)
+        waits: list[float] = []
+        real_select = vb.select.select
+
+        def counted(rlist, wlist, xlist, timeout):
+            waits.append(timeout)
+            return real_select(rlist, wlist, xlist, timeout)
+
+        with r.paused():
+            time.sleep(0.2)  # past the command timeout, paused: it must not count
+            monkeypatch.setattr(vb.select, "select", counted)
+            time.sleep(0.3)
+            monkeypatch.setattr(vb.select, "select", real_select)
+            assert board.mode == P.Status.ACTIVE and not board.timed_out
+        assert len(waits) <= 0.3 / vb.VirtualBoard.POLL + 5, f"{len(waits)} checks in 0.3 s"
+        assert min(waits) > 0
+        execute(r, zero())  # the timeout counts from the resume
+
+
 def test_board_times_out_into_hold_when_so_configured():
     r = make("sim_quadruped.board_timeout_s=0.2", "quadruped.timeout_action=hold")
     with r:

@@ -196,9 +196,11 @@ class VirtualBoard:
             now = time.monotonic()
             wait = self.POLL
             with self._state_lock:
-                if self.mode == P.Status.ACTIVE and self.timeout > 0:
+                if self._paused:
+                    pass  # neither the timeout nor the free physics counts: check every POLL
+                elif self.mode == P.Status.ACTIVE and self.timeout > 0:
                     wait = min(wait, max(0.0, self._last_command + self.timeout - now))
-                elif self.mode != P.Status.ACTIVE and not self._paused:
+                elif self.mode != P.Status.ACTIVE:
                     wait = min(wait, max(0.0, self._next_free_step - now))
             try:
                 ready, _, _ = select.select([self._master], [], [], wait)
