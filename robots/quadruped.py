@@ -236,6 +236,7 @@ class Quadruped(Robot):
             tel = self._stand_up()
         tel = self._check(self._transact(P.Enable()), during="reset")
         self._targets = np.clip(tel.positions, self.lower, self.upper)
+        self.task.begin()  # the episode's figures (episode_info) count from here
         self._step = 0
         self._fallen_for = 0
         self._stopped = False
