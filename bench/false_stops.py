@@ -37,11 +37,13 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 from weights import BenchActor, pct  # noqa: E402
 
 
-def spin() -> None:
-    """A busy process: another program using a whole core."""
+def spin(parent: int) -> None:
+    """A busy process: another program using a whole core (until the bench's process is gone,
+    however it ended)."""
     x = 0
-    while True:
-        x = (x * 1103515245 + 12345) & 0xFFFFFFFF
+    while os.getppid() == parent:
+        for _ in range(100_000):
+            x = (x * 1103515245 + 12345) & 0xFFFFFFFF
 
 
 class StopWatcher:
@@ -111,7 +113,11 @@ def main() -> int:
         while time.perf_counter() < end:
             if not busy and time.perf_counter() >= load_at:
                 load_at = time.perf_counter()
-                busy = [bench.ctx.Process(target=spin, daemon=True) for _ in range(args.busy)]
+                me = os.getpid()
+                busy = [
+                    bench.ctx.Process(target=spin, args=(me,), daemon=True)
+                    for _ in range(args.busy)
+                ]
                 for p in busy:
                     p.start()
                 print(f"load: {len(busy)} busy processes from now on", flush=True)
