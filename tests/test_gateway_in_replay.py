@@ -225,3 +225,19 @@ def test_a_gateway_that_cannot_start_in_the_replay_says_why_in_one_line(ray_sess
             GatewayRunner("elsewhere", replay, "tcp://127.0.0.1:*")
     finally:
         replay.close()
+
+
+def test_stopping_the_gateway_after_its_replay_actor_died_says_so_and_does_not_raise(
+    ray_session, key_dir, tmp_path, capsys
+):
+    """A learner stopped with its process group (Ctrl-C in a terminal, systemd's stop) can find
+    the replay actor, and the gateway in it, already gone: its shutdown says so and goes on
+    (it failed with Ray's ActorUnavailableError and exit status 1)."""
+    import ray
+
+    replay = RemoteReplay.start(capacity=1_000, directory=str(tmp_path / "replay"))
+    gateway = GatewayRunner("replay", replay, "tcp://127.0.0.1:*", key_dir=key_dir,
+                            options=OPTIONS)  # fmt: skip
+    ray.kill(replay.handle)
+    gateway.stop()
+    assert "the replay actor, and the gateway in it, was already gone" in capsys.readouterr().out

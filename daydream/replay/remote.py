@@ -103,6 +103,11 @@ def kill(handle) -> None:
     ray.kill(handle)
 
 
+class ReplayGone(RuntimeError):
+    """The replay actor's process is gone: killed, its node lost, or stopped with the learner's
+    process group (Ctrl-C in a terminal, systemd's stop)."""
+
+
 class RemoteReplay:
     """Owns a handle on the replay's Ray actor, with ReplayService's synchronous methods.
 
@@ -160,8 +165,12 @@ class RemoteReplay:
             raise
 
     def guest(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """Call ``method(*args)`` of the hosted component and wait up to ``timeout`` s."""
-        return ray.get(self.handle.guest.remote(method, *args), timeout=timeout)
+        """Call ``method(*args)`` of the hosted component and wait up to ``timeout`` s; raises
+        :class:`ReplayGone` when the replay actor's process is gone."""
+        try:
+            return ray.get(self.handle.guest.remote(method, *args), timeout=timeout)
+        except ray.exceptions.RayActorError as e:
+            raise ReplayGone(f"the replay actor is gone ({type(e).__name__})") from e
 
     # ------------------------------------------------------------ pipelined adds (gateway)
     def submit(self, items: list):

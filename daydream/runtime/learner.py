@@ -54,6 +54,7 @@ from daydream.core.clocks import Every
 from daydream.core.spaces import Space, record_spaces
 from daydream.replay.remote import (
     RemoteReplay,
+    ReplayGone,
     call,
     kill,
     placement,
@@ -295,6 +296,9 @@ class GatewayRunner:
         """Stop serving (the last acks go out first); the replay itself stays."""
         try:
             self._call("stop")
+        except ReplayGone:
+            print("learner: the replay actor, and the gateway in it, was already gone at the "
+                  "stop (stopped with the learner's process group?)", flush=True)  # fmt: skip
         finally:
             if self.mode == "ray":
                 kill(self.gateway)
