@@ -205,3 +205,16 @@ def test_endpoints_the_system_uses_are_accepted():
     for ok in ("tcp://*:5555", "tcp://127.0.0.1:*", "tcp://ws-1.lab:5555", "tcp://[::1]:5555",
                "ipc:///tmp/daydream.sock"):  # fmt: skip
         assert check_endpoint(ok) == ok
+
+
+def test_a_config_saved_before_a_key_existed_loads_with_that_keys_default():
+    from daydream.core.config import from_dict, to_dict
+
+    saved = to_dict(load_config("configs/sim_ur5_reach.yaml", overrides=["train.ratio=99"]))
+    for key in ("backend", "onnx_precision"):  # as a checkpoint of an older daydream has it
+        saved["actor"].pop(key)
+    config = from_dict(saved)
+    assert (config.actor.backend, config.actor.onnx_precision) == ("torch", "float32")
+    assert config.train.ratio == 99 and config.ur5.task == "reach"  # what it saved stays
+    with pytest.raises(Exception, match="no_such_key"):
+        _ = config.train.no_such_key  # still strict

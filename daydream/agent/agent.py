@@ -278,18 +278,20 @@ class Agent:
 
     def policy_weights(self) -> PolicyWeights:
         """The policy's parameters; with ``actor.backend: onnx`` also the graph they bind into
-        (exported on the first call: daydream/agent/export.py, daydream/core/weights.py)."""
+        (exported on the first call: daydream/agent/export.py, daydream/core/weights.py) and,
+        with ``actor.onnx_precision: int8``, its int8 layers."""
         arrays = {
             f"{name}.{key}": value.detach().cpu().numpy()
             for name, module in self._policy_modules().items()
             for key, value in module.state_dict().items()
         }
         if self.config.actor.backend == "onnx":
-            if self._onnx_graph is None:
-                from daydream.agent.export import export_policy
+            from daydream.agent.export import export_policy, int8_weights
 
+            if self._onnx_graph is None:
                 self._onnx_graph = export_policy(self)
             arrays.update(self._onnx_graph)
+            arrays.update(int8_weights(arrays))  # actor.onnx_precision int8: its layers
         return PolicyWeights(self.updates, arrays)
 
     def load_policy_weights(self, weights: PolicyWeights) -> None:

@@ -25,7 +25,18 @@ The action is drawn from pi on the robot side (daydream/runtime/onnx_policy.py),
 every parameter stripped out as external data named by its ``PolicyWeights`` key
 (``encoder.cnns.image.net.0.weight``, ...), and the list of those names: the graph is a few
 hundred kB whatever the model's size, and the robot binds each new version of the weights into
-it (the weights travel as they always have; daydream/core/weights.py). The exporter's own
+it (the weights travel as they always have; daydream/core/weights.py).
+
+``actor.onnx_precision: int8`` makes the fully connected layers int8 (the convolutions, the
+state, the distributions and everything else stay float32): each ``Gemm`` of a policy weight
+W (out, in) becomes ONNX Runtime's ``DynamicQuantizeMatMul``, which quantizes its input per
+tick and multiplies by int8 weights with one scale per output unit. The graph binds
+``<key>.int8`` (in, out), ``<key>.scale`` and ``<key>.zero`` (out,) instead of ``<key>``; the
+learner computes them from W with each version (``int8_weights``: round(W / s) with
+s = max|W| / 127 per output unit). Why: a tick at batch 1 reads every weight once, so at
+DayDreamer's UR5 size (31 MB of float32 weights) it is bound by memory, not arithmetic; int8
+weights are a quarter of the bytes (bench/policy_step.py). Actions then differ from the
+learner's torch policy by the rounding (tests/test_onnx_policy.py bounds it). The exporter's own
 optimiser stays off: it merges initializers that are equal (every fresh LayerNorm weight is
 all ones) and so would lose their names; ONNX Runtime optimises the graph itself when a
 session is built.
@@ -165,6 +176,11 @@ def export_policy(agent) -> dict[str, np.ndarray]:
         for name, module in (("encoder", step.encoder), ("rssm", step.rssm), ("actor", step.actor))
         for key in module.state_dict()
     }
+    precision = str(agent.config.actor.onnx_precision)
+    if precision == "int8":
+        params |= _quantize_gemms(model, params)
+    elif precision != "float32":
+        raise ValueError(f"actor.onnx_precision must be float32 or int8, got {precision!r}")
     bound = _externalise(model, params)
     entry = model.metadata_props.add()
     entry.key, entry.value = "daydream.format", ONNX_GRAPH_FORMAT
@@ -196,3 +212,69 @@ def _externalise(model, params: set[str]) -> list[str]:
         offset += length
         names.append(tensor.name)
     return names
+
+
+INT8_PARTS = (".int8", ".scale", ".zero")  # what an int8 layer binds instead of its weight
+
+
+def _quantize_gemms(model, params: set[str]) -> set[str]:
+    """Rewrite every ``Gemm`` of a policy weight (x W^T + b) as ``DynamicQuantizeMatMul`` on
+    int8 weights (module docstring); returns the initializers it adds (placeholders of the
+    right types and shapes, bound by the robot like any weight). A Gemm of another form stays."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    added: set[str] = set()
+    replaced: set[str] = set()  # the float32 weights the int8 layers stand for
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = (attrs.get("transA", 0), attrs.get("transB", 0), attrs.get("alpha", 1.0),
+                 attrs.get("beta", 1.0)) == (0, 1, 1.0, 1.0)  # fmt: skip
+        if node.op_type != "Gemm" or node.input[1] not in params or not plain:
+            nodes.append(node)
+            continue
+        key = node.input[1]
+        replaced.add(key)
+        out, inp = (int(d) for d in inits[key].dims)
+        parts = [key + suffix for suffix in INT8_PARTS]
+        for name, shape, dtype in zip(parts, [(inp, out), (out,), (out,)],
+                                      [np.int8, np.float32, np.int8], strict=True):  # fmt: skip
+            model.graph.initializer.append(numpy_helper.from_array(np.ones(shape, dtype), name))
+        added.update(parts)
+        nodes.append(helper.make_node(
+            "DynamicQuantizeMatMul", [node.input[0], *parts, *node.input[2:]], list(node.output),
+            name=f"{node.name}_int8", domain="com.microsoft",
+        ))  # fmt: skip
+    if added:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        kept = [t for t in model.graph.initializer if t.name not in replaced]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return added
+
+
+def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Linear layer's weight W (out, in) as ``DynamicQuantizeMatMul`` takes it: int8 B (in, out)
+    = round(W^T / s), the scale s (out,) = max|W| / 127 per output unit, the zero point (out,)
+    all 0 (symmetric)."""
+    w = np.asarray(weight, np.float32).T
+    scale = np.maximum(np.abs(w).max(0), np.float32(1e-12)) / np.float32(127)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32), np.zeros(scale.shape, np.int8)
+
+
+def int8_weights(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The int8 arrays the graph in ``arrays`` binds (``<key>.int8``, ``.scale``, ``.zero``),
+    computed from the float32 weights in ``arrays``; nothing for a float32 graph."""
+    names = np.asarray(arrays[ONNX_PARAMS_KEY], np.uint8).tobytes().decode().split("\n")
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name.endswith(INT8_PARTS[0]):
+            key = name[: -len(INT8_PARTS[0])]
+            parts = quantize_columns(arrays[key])
+            out.update(zip((key + s for s in INT8_PARTS), parts, strict=True))
+    return out

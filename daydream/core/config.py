@@ -310,8 +310,10 @@ def to_dict(config: DictConfig) -> dict:
 
 
 def from_dict(data: dict) -> DictConfig:
-    """Rebuild a config saved with :func:`to_dict` (for example inside a checkpoint)."""
-    config = OmegaConf.create(data)
+    """Rebuild a config saved with :func:`to_dict` (for example inside a checkpoint). Keys added
+    to defaults.yaml since it was saved take their defaults, so an older checkpoint loads."""
+    defaults = OmegaConf.create(_read_yaml(CONFIG_DIR / DEFAULTS))
+    config = OmegaConf.merge(defaults, OmegaConf.create(data))
     OmegaConf.set_struct(config, True)
     return config
 
