@@ -2,6 +2,8 @@
 
     python bench/reach_reference.py              # configs/sim_ur5_reach.yaml, 100 episodes each
     python bench/reach_reference.py --episodes 20 --set ur5.reach.max_step=0.03
+    python bench/reach_reference.py --config configs/sim_ur5_reach_pixels.yaml --seed 10000
+        # bench/evaluate.py's episodes (its default seed), to read a trained policy against
 
 Each policy runs ``--episodes`` episodes through the unchanged driver on the simulated cell,
 wrapped as a gymnasium environment (robots/gymnasium_env.py: every action passes the robot's
@@ -13,7 +15,11 @@ own limits, as under the safety supervisor). An action in [-1, 1]^3 moves the TC
              that max |a_i| <= 1: the scripted straight-to-target controller (the ceiling
              issue 11's 80% target is measured against);
 - clip:      a = clip(d, -1, 1), every axis at full speed until it is done (greedy for this
-             reward: each coordinate error shrinks as fast as the per-axis limit allows).
+             reward: each coordinate error shrinks as fast as the per-axis limit allows);
+- blind:     straight to the centre of the workspace box, whatever the target (the target is
+             drawn uniformly in that box): the best a policy that cannot see the target does,
+             near enough. From pixels (configs/sim_ur5_reach_pixels.yaml) a policy that ends
+             closer than this one has read the target from the image.
 
 It prints, per policy, the mean return, the final distance to the target (mean and median)
 and the fraction of episodes ending within 2 cm (bench/learn.py's success figures), and the
@@ -37,30 +43,35 @@ from daydream.core.config import load_config  # noqa: E402
 from robots.gymnasium_env import RobotEnv  # noqa: E402
 
 WITHIN = 0.02  # metres: an episode that ends this close to its target succeeded
-POLICIES = ("random", "straight", "clip")
+POLICIES = ("random", "straight", "clip", "blind")
 
 
-def policy(name: str, obs: dict, max_step: float, rng: np.random.Generator) -> np.ndarray:
+def policy(
+    name: str, obs: dict, max_step: float, rng: np.random.Generator, centre: np.ndarray
+) -> np.ndarray:
     if name == "random":
         return rng.uniform(-1.0, 1.0, 3).astype(np.float32)
-    delta = (obs["target"].astype(np.float64) - obs["tcp_pose"][:3].astype(np.float64)) / max_step
+    goal = centre if name == "blind" else obs["target"].astype(np.float64)
+    delta = (goal - obs["tcp_pose"][:3].astype(np.float64)) / max_step
     if name == "clip":
         return np.clip(delta, -1.0, 1.0).astype(np.float32)
     return (delta / max(1.0, float(np.abs(delta).max()))).astype(np.float32)
 
 
-def evaluate(env: RobotEnv, name: str, episodes: int, max_step: float, seed: int) -> dict:
-    """Returns and final distances of ``episodes`` episodes (the same targets for every policy:
-    the environment is reset with ``seed`` first)."""
+def evaluate(
+    env: RobotEnv, name: str, episodes: int, max_step: float, seed: int, centre: np.ndarray
+) -> dict:
+    """Returns and final distances of ``episodes`` episodes, episode i from ``reset(seed=seed +
+    i)``: the same targets for every policy, and the same episodes as bench/evaluate.py's with
+    the same ``--seed``."""
     rng = np.random.default_rng(seed)
     returns, final = [], []
-    obs, _ = env.reset(seed=seed)
     for episode in range(episodes):
-        if episode:
-            obs, _ = env.reset()
+        obs, _ = env.reset(seed=seed + episode)
         ret, done = 0.0, False
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(name, obs, max_step, rng))
+            action = policy(name, obs, max_step, rng, centre)
+            obs, reward, terminated, truncated, _ = env.step(action)
             ret += reward
             done = terminated or truncated
         returns.append(ret)
@@ -79,6 +90,8 @@ def main() -> None:
     if config.robot.name != "sim_ur5" or config.ur5.task != "reach":
         raise SystemExit(f"{args.config} is not the sim_ur5 reach task")
     max_step = float(config.ur5.reach.max_step)
+    box = config.ur5.workspace
+    centre = (np.asarray(box.low, np.float64) + np.asarray(box.high, np.float64)) / 2
     env = RobotEnv(config, keys=("tcp_pose", "target"))
     print(
         f"reach reference: {args.config}, {args.episodes} episodes of {config.ur5.episode_length} "
@@ -88,7 +101,7 @@ def main() -> None:
     try:
         for name in POLICIES:
             start = time.time()
-            results[name] = r = evaluate(env, name, args.episodes, max_step, args.seed)
+            results[name] = r = evaluate(env, name, args.episodes, max_step, args.seed, centre)
             print(
                 f"{name:>8}: return {r['return'].mean():7.2f} +- {r['return'].std():5.2f}  "
                 f"final distance {100 * r['final'].mean():5.1f} cm "
