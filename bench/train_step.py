@@ -7,10 +7,12 @@
     python bench/train_step.py --ratios          # Dreaming / Dreamer, DreamingV2 / DreamerV2
     python bench/train_step.py --only dreamerv2-small --profile       # time per phase of an update
     python bench/train_step.py --only dreamerv2-small --versus train.precision=bfloat16
+    python bench/train_step.py --only daydreamer-small-vectors --length 32 --threads 1 \
+        --versus train.compile=true train.precision=bfloat16
     python bench/train_step.py --only dreamerv2-small --baseline 4f9c252  # an older commit
     python bench/train_step.py --set device=cuda train.precision=bfloat16   # any config override
 
-``--versus KEY=VALUE`` times every configuration again with that override and prints the
+``--versus KEY=VALUE ...`` times every configuration again with those overrides and prints the
 ratio; ``--baseline REV`` times it with the code of git revision REV (a temporary worktree,
 its own bench script) and prints old / new: "today vs new" in one run, on the same machine.
 
@@ -57,6 +59,10 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "dreamerv2": ("dreamerv2", []),
     "dreamer": ("dreamer", []),
     "dreamerv2-small": ("dreamerv2", SMALL),
+    # the size presets the robots learn with (configs/size/small.yaml: a 2-core CPU laptop),
+    # from the 16-d vector alone (as the README's reach from vectors) and with the image too
+    "daydreamer-small-vectors": ("daydreamer", ["size=small", "model.cnn_keys=^$"]),
+    "daydreamer-small": ("daydreamer", ["size=small"]),
     # reconstruction-free objectives (issue 4), same model sizes as their reconstruction twins;
     # "-novis" drops the visualisation decoder (trained on detached latents, only for reports)
     "dreamer-nce": ("dreamer", ["model.repr=nce"]),
@@ -101,6 +107,8 @@ def measure(
     obs_space = {"image": Space((64, 64, 3), np.uint8), "state": Space((16,)), **step_spaces()}
     act_space = {"action": Space((6,), np.float32, -1.0, 1.0)}
     agent = Agent(obs_space, act_space, config)
+    if config.train.compile:
+        agent.compile_update()  # the warm-up update below compiles
     rng = np.random.default_rng(0)
     data = {
         "image": rng.integers(0, 255, (batch, length, 64, 64, 3), dtype=np.uint8),
@@ -113,6 +121,8 @@ def measure(
     }
     data["is_first"][:, 0] = True
     agent.train(data)  # warm-up (update 0: the visualisation decoder trains)
+    if config.train.compile:
+        agent.train(data)  # and an update without it: both are compiled before timing
     if agent.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -227,7 +237,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every configuration")  # fmt: skip
-    parser.add_argument("--versus", metavar="KEY=VALUE", help="time again with this override")
+    parser.add_argument("--versus", nargs="+", metavar="KEY=VALUE",
+                        help="time again with these overrides")  # fmt: skip
     parser.add_argument("--baseline", metavar="REV", help="time again with git revision REV")
     parser.add_argument("--profile", action="store_true", help="time per phase of an update")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -258,21 +269,21 @@ def main() -> None:
         results[name] = run_child(__file__, name, args, args.overrides)
         print_row(name, results[name])
         if args.versus:
-            others[name] = run_child(__file__, name, args, [*args.overrides, args.versus])
-            print_row(f"  {args.versus}", others[name])
+            others[name] = run_child(__file__, name, args, [*args.overrides, *args.versus])
+            print_row(f"  {' '.join(args.versus)}", others[name])
         if old_tree is not None:
             env = {**os.environ, "PYTHONPATH": str(old_tree)}
             others[name] = run_child(str(old_tree / "bench/train_step.py"), name, args, [], env)
             print_row(f"  at {args.baseline}", others[name])
     if others:
-        what = args.versus or f"revision {args.baseline}"
+        what = " ".join(args.versus) if args.versus else f"revision {args.baseline}"
         key = "sec" if any(r["device"] != "cpu" for r in results.values()) else "cpu_sec"
         print(f"\nthis code / {what}, {key.replace('_', ' ')} per update (median):")
         for name, other in others.items():
             ratio = other[f"{key}_per_update"] / results[name][f"{key}_per_update"]
             if args.versus:  # the override is the new thing: how much faster it makes it
                 ratio = 1 / ratio
-                print(f"  {name:<18} {args.versus} is {ratio:.2f}x faster")
+                print(f"  {name:<18} {what} is {ratio:.2f}x faster")
             else:
                 print(f"  {name:<18} this code is {ratio:.2f}x faster than {args.baseline}")
     pairs = [(a, b) for a, b in RATIOS.items() if a in results and b in results]

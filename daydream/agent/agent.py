@@ -165,6 +165,13 @@ class Agent:
         self.precision = resolve_precision(str(config.train.precision), self.device)
         self._onnx_graph: dict[str, np.ndarray] | None = None  # exported once (actor.backend onnx)
 
+    def compile_update(self) -> int:
+        """``train.compile``: compile the per-step parts of an update (daydream/agent/compiled.py;
+        the learner calls this, a robot's policy stays eager). Returns the parts compiled."""
+        from daydream.agent.compiled import compile_networks
+
+        return compile_networks(self.wm, self.behavior)
+
     # ------------------------------------------------------------------ acting
     def initial_state(self, batch: int) -> tuple[State, torch.Tensor]:
         latent = self.wm.rssm.initial(batch, self.device)

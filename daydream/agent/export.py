@@ -45,7 +45,6 @@ session is built.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import warnings
@@ -54,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from daydream.agent.compiled import eager_copy
 from daydream.agent.world_model import preprocess
 from daydream.core.weights import ONNX_GRAPH_FORMAT, ONNX_GRAPH_KEY, ONNX_PARAMS_KEY
 
@@ -129,7 +129,7 @@ class PolicyStep(nn.Module):
 def policy_step(agent) -> PolicyStep:
     """A CPU copy of the agent's policy modules as a PolicyStep (the agent is left untouched)."""
     modules = [agent.wm.encoder, agent.wm.rssm, agent.behavior.actor]
-    encoder, rssm, actor = (copy.deepcopy(m).cpu().eval() for m in modules)
+    encoder, rssm, actor = (eager_copy(m).cpu().eval() for m in modules)
     return PolicyStep(encoder, rssm, actor, agent.wm.images, agent.wm.vectors).eval()
 
 

@@ -325,6 +325,10 @@ class Learner:
         self.logdir.mkdir(parents=True, exist_ok=True)
         obs_space, act_space = spaces or robots.spaces(config.robot.name, config)
         self.agent = Agent(obs_space, act_space, config)
+        if config.train.compile:
+            parts = self.agent.compile_update()
+            print(f"learner: train.compile: {parts} parts of the update compile on its first "
+                  "call (tens of seconds on a CPU)", flush=True)  # fmt: skip
         self.counters = {
             "env_steps": 0, "episodes": 0, "sessions": 0, "updates": 0, "published": -1,
             "sampled_steps": 0, "nonfinite_updates": 0,

@@ -1,0 +1,61 @@
+"""train.compile: the compiled update computes what the eager update computes, and what leaves
+the learner (the ONNX export, the robot's policy) is eager."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from daydream.agent.agent import Agent
+from daydream.agent.compiled import eager_copy
+from daydream.core.config import load_config
+from daydream.core.spaces import Space, step_spaces
+from tests.test_algorithms import _fixed_batch
+from tests.tiny import tiny_model
+
+OBS = {"state": Space((2,)), "image": Space((16, 16, 3), np.uint8), **step_spaces()}
+ACT = {"action": Space((2,), np.float32, -1.0, 1.0)}
+
+
+def _agent() -> Agent:
+    torch.manual_seed(0)
+    config = load_config(None, overrides=[*tiny_model(units=32), "train.compile=true"])
+    return Agent(OBS, ACT, config)
+
+
+@pytest.fixture
+def same_random_numbers(monkeypatch):
+    """Inductor draws its own random numbers unless told to call torch's, as eager does."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "fallback_random", True)
+
+
+def test_a_compiled_update_agrees_with_the_eager_update_on_a_fixed_batch(same_random_numbers):
+    batch = _fixed_batch(images=True, rng=np.random.default_rng(0))
+    eager, compiled = _agent(), _agent()
+    assert compiled.compile_update() > 0
+    for update in range(2):  # the first with the visualisation decoder, the second without
+        torch.manual_seed(1 + update)
+        want = eager.train(batch)
+        torch.manual_seed(1 + update)  # the same samples, drawn in the same order
+        got = compiled.train(batch)
+        for key in ("wm/loss", "wm/kl", "wm/reward_loss", "wm/image_loss", "actor/loss",
+                    "critic/loss"):  # fmt: skip
+            assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-5), (update, key)
+    for a, b in zip([*eager.wm.parameters(), *eager.behavior.parameters()],
+                    [*compiled.wm.parameters(), *compiled.behavior.parameters()],
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_the_policy_that_leaves_the_learner_is_eager_and_saves_as_before():
+    agent = _agent()
+    before = {k: v.clone() for k, v in agent.state_dict()["world_model"].items()}
+    agent.compile_update()
+    assert agent.state_dict()["world_model"].keys() == before.keys()  # no renamed parameters
+    copy = eager_copy(agent.wm.rssm)
+    assert "img_step" not in vars(copy) and "obs_step" not in vars(copy)
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in copy.modules())
+    assert "img_step" in vars(agent.wm.rssm)  # the learner's own stay compiled
