@@ -11,6 +11,7 @@ from daydream.agent.agent import Agent
 from daydream.agent.compiled import eager_copy
 from daydream.core.config import load_config
 from daydream.core.spaces import Space, step_spaces
+from daydream.core.weights import ONNX_GRAPH_KEY
 from tests.test_algorithms import _fixed_batch
 from tests.tiny import tiny_model
 
@@ -25,11 +26,12 @@ def _agent() -> Agent:
 
 
 @pytest.fixture
-def same_random_numbers(monkeypatch):
+def same_random_numbers():
     """Inductor draws its own random numbers unless told to call torch's, as eager does."""
     import torch._inductor.config as inductor
 
-    monkeypatch.setattr(inductor, "fallback_random", True)
+    with inductor.patch(fallback_random=True):
+        yield
 
 
 def test_a_compiled_update_agrees_with_the_eager_update_on_a_fixed_batch(same_random_numbers):
@@ -48,6 +50,8 @@ def test_a_compiled_update_agrees_with_the_eager_update_on_a_fixed_batch(same_ra
                     [*compiled.wm.parameters(), *compiled.behavior.parameters()],
                     strict=True):  # fmt: skip
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    compiled.config.actor.backend = "onnx"  # a learner that compiles exports the eager policy
+    assert ONNX_GRAPH_KEY in compiled.policy_weights().arrays
 
 
 def test_the_policy_that_leaves_the_learner_is_eager_and_saves_as_before():
