@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from learn import WITHIN, task_of  # noqa: E402
+from learn import COLUMNS, success, task_of  # noqa: E402
 
 MODES = ("eval", "explore", "random")
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -68,15 +68,10 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def figures(task: str, episode: dict) -> dict[str, float]:
-    """One episode's success figures, as bench/learn.py's columns read them."""
-    if task == "reach" and "final_distance" in episode:
-        d = float(episode["final_distance"])
-        return {"final cm": 100 * d, "<2cm": float(d <= WITHIN)}
-    if task == "walk" and "forward_velocity" in episode:
-        return {"fwd m/s": float(episode["forward_velocity"])}
-    if task == "pick_place" and "placements" in episode:
-        return {"placed/1k": 1000 * float(episode["placements"]) / episode["episode_length"]}
-    return {}
+    """One episode's success figures: bench/learn.py's columns over this episode alone."""
+    names = [name for name, _, _ in COLUMNS[task]]
+    values = success(task, [episode])
+    return {n: float(v) for n, v in zip(names, values, strict=True) if v is not None}
 
 
 def run_episode(env, policy, mode: str, seed: int) -> dict:

@@ -161,6 +161,9 @@ def export_policy(agent) -> dict[str, np.ndarray]:
     Takes a few seconds (DayDreamer's UR5 size: about 6 s on one CPU core); the learner does it
     once and sends the bytes with every weights version.
     """
+    precision = str(agent.config.actor.onnx_precision)
+    if precision not in ("float32", "int8"):
+        raise ValueError(f"actor.onnx_precision must be float32 or int8, got {precision!r}")
     step = policy_step(agent)
     action_size = agent.act_space["action"].shape[0]
     inputs, outputs = step.names()
@@ -176,11 +179,8 @@ def export_policy(agent) -> dict[str, np.ndarray]:
         for name, module in (("encoder", step.encoder), ("rssm", step.rssm), ("actor", step.actor))
         for key in module.state_dict()
     }
-    precision = str(agent.config.actor.onnx_precision)
     if precision == "int8":
         params |= _quantize_gemms(model, params)
-    elif precision != "float32":
-        raise ValueError(f"actor.onnx_precision must be float32 or int8, got {precision!r}")
     bound = _externalise(model, params)
     entry = model.metadata_props.add()
     entry.key, entry.value = "daydream.format", ONNX_GRAPH_FORMAT
