@@ -17,6 +17,7 @@ import robots
 from daydream.core.config import load_config
 from daydream.core.spaces import validate
 from robots.base import ConnectionLost, ProtectiveStop, RobotFault
+from robots.sim.scene import _OBJECT_COLOURS
 from robots.sim.sim_ur5 import forward_kinematics, inverse_kinematics, rotvec_to_matrix
 from robots.ur5 import PICK_PLACE_ACTIONS, StaleStateDetector
 
@@ -175,6 +176,44 @@ def test_a_higher_reach_target_looks_bigger_as_the_gripper_does(reach):
         reach.task.target = np.array([0.42, 0.15, z])
         sizes.append(len(target_pixels(reach.camera.read())))
     assert sizes[0] < sizes[1] < sizes[2]
+
+
+def gripper_centre(image: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """(row, column) of the gripper ring: the centre of what differs from the empty table,
+    weighted by how much it differs (the ring is anti-aliased)."""
+    weight = np.abs(image.astype(float) - background).sum(-1)
+    rows, columns = np.indices(weight.shape)
+    return np.array([(weight * rows).sum(), (weight * columns).sum()]) / weight.sum()
+
+
+def test_the_gripper_ring_moves_with_the_tcp_by_fractions_of_a_pixel(reach):
+    """A camera sees the arm move continuously: a step of a third of a pixel moves the drawn
+    ring by about a third of a pixel (anti-aliasing is not exact), so a world model's image of
+    it is a smooth function of the TCP."""
+    reach.reset()
+    scene = reach.cell.scene
+    scene.objects, scene.target = np.zeros((0, 3)), None  # the ring alone on the table
+    background = scene._background.astype(float)
+    px = (scene.table_high[1] - scene.table_low[1]) / (scene._size[1] - 1)  # metres per column
+    centres = []
+    for k in range(4):
+        scene.move_tcp(np.array([0.46, 0.05 + k * px / 3, 0.15]))
+        centres.append(gripper_centre(scene.render(), background))
+    steps = np.diff(np.array(centres)[:, 1])  # columns follow y
+    assert np.all((steps > 0.1) & (steps < 0.6)), steps  # every third of a pixel shows
+    assert steps.sum() == pytest.approx(1.0, abs=0.15)
+    assert np.ptp(np.array(centres)[:, 0]) < 0.2  # a move along y keeps the row
+
+
+def test_reach_from_pixels_sees_no_cubes():
+    """configs/sim_ur5_reach_pixels.yaml: the table shows the bins, the target and the gripper;
+    no cube, whose place would depend on the robot's seed."""
+    robot = robots.make("sim_ur5", load_config(path="configs/sim_ur5_reach_pixels.yaml"))
+    with robot:
+        image = robot.reset()["image"].astype(int)
+    for colour in _OBJECT_COLOURS:
+        assert not (np.abs(image - colour).max(-1) <= 40).any(), colour
+    assert len(target_pixels(image)) >= 9
 
 
 def test_pick_and_place_images_show_no_target(pick):

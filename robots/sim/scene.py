@@ -9,7 +9,7 @@ Frame: the robot base frame, metres, z up, the table top at z = 0.
 The camera looks straight down: higher things look bigger (the gripper ring, the cubes).
 The reach task's target, when the scene is given one, is a filled orange disc drawn as
 the gripper ring would be at the target's height (same centre, same radius), so the TCP
-is on the target when the ring frames the disc exactly.
+is on the target when the ring (2 px wide, centred on that radius) frames the disc.
 A cube is grasped when the gripper closes with its TCP within ``grasp_radius``
 of the cube's centre horizontally and within ``grasp_height`` vertically; a
 released cube falls straight down and rests on whatever is below it (a bin
@@ -33,6 +33,7 @@ _GRIPPER_OPEN = (250, 250, 250)
 _GRIPPER_CLOSED = (20, 20, 20)
 _TARGET = (255, 140, 0)
 _SUBPIXEL_BITS = 4  # cv2 drawing: coordinates in 1/16 px
+_GRIPPER_WIDTH = 2  # px, the gripper ring's line
 
 
 @dataclass
@@ -177,11 +178,19 @@ class Scene:
             cv2.rectangle(img, (int(u - s), int(v - s)), (int(u + s), int(v + s)), colour, -1)
         if self.target is not None:
             self._draw_target(img, np.asarray(self.target(), np.float64))
-        u, v = self._pixel(self.tcp[0], self.tcp[1])
-        radius = max(2, int(round(self._ring_radius(self.tcp[2]))))
-        colour = _GRIPPER_CLOSED if self.closed else _GRIPPER_OPEN
-        cv2.circle(img, (u, v), radius, colour, 1)
+        self._draw_gripper(img)
         return img
+
+    def _draw_gripper(self, img: np.ndarray) -> None:
+        """An anti-aliased ring 2 px wide at sub-pixel precision, as the target: a step of the
+        TCP moves it by its fraction of a pixel (a 1 px ring snapped to whole pixels was the
+        largest part of a trained model's image error, never reconstructed)."""
+        u, v = self._image_point(self.tcp[0], self.tcp[1])
+        radius = max(2.0, self._ring_radius(self.tcp[2]))
+        colour = _GRIPPER_CLOSED if self.closed else _GRIPPER_OPEN
+        scale = 1 << _SUBPIXEL_BITS
+        centre, size = (int(round(u * scale)), int(round(v * scale))), int(round(radius * scale))
+        cv2.circle(img, centre, size, colour, _GRIPPER_WIDTH, cv2.LINE_AA, _SUBPIXEL_BITS)
 
     def _draw_target(self, img: np.ndarray, target: np.ndarray) -> None:
         """A filled, anti-aliased disc at sub-pixel precision (1/16 px): its size tells the
