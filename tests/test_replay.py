@@ -106,6 +106,31 @@ def test_duplicates_are_dropped_by_stream_and_seq():
     assert replay.num_steps == 8 and replay.stats()["duplicates"] == 1
 
 
+def read_only_views(chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    views = {k: v.view() for k, v in chunk.items()}
+    for v in views.values():
+        v.flags.writeable = False
+    return views
+
+
+def test_read_only_arrays_given_away_are_kept_and_all_others_copied():
+    """copy=False (the gateway in the replay's process): the replay keeps the read-only views
+    it is given, as its memory; by default, and for writeable arrays always, it copies."""
+    replay = Replay(capacity=10_000)
+    given, default, writeable = make_chunk(0, 0), make_chunk(1, 0), make_chunk(2, 0)
+    assert replay.add_batch([("given", 0, read_only_views(given))], copy=False) == [True]
+    assert replay.add_batch([("default", 0, read_only_views(default))]) == [True]
+    assert replay.add_batch([("writeable", 0, {k: v[:] for k, v in writeable.items()})],
+                            copy=False) == [True]  # fmt: skip
+    for chunk in (given, default, writeable):
+        chunk["image"][:] = 255  # what the replay kept shows it, a copy does not
+    images: dict[int, int] = {}  # stream -> brightest pixel sampled
+    batch = replay.sample(64, 4)
+    for steps, image in zip(batch["step"], batch["image"], strict=True):
+        images[decode(int(steps[0]))[0]] = int(image.max())
+    assert images == {0: 255, 1: 0, 2: 0}
+
+
 def test_fifo_eviction_of_whole_oldest_chunks():
     replay = Replay(capacity=10)
     for seq in range(4):

@@ -79,9 +79,9 @@ class GatedReplay(ReplayService):
         super().__init__(capacity=10_000)
         self.gate = threading.Event()
 
-    def add_batch(self, items):
+    def add_batch(self, items, copy=True):
         assert self.gate.wait(10)
-        return super().add_batch(items)
+        return super().add_batch(items, copy=copy)
 
 
 def test_a_chunk_is_acked_only_after_the_replay_holds_it(key_dir):
@@ -105,6 +105,29 @@ def test_a_chunk_is_acked_only_after_the_replay_holds_it(key_dir):
             assert acks[0]["seqs"] == [0] and replay.stats()["duplicates"] == 1
     finally:
         replay.gate.set()
+        gateway.stop()
+
+
+def test_the_gateway_in_the_replays_process_hands_over_the_received_views(key_dir):
+    """No copy between the socket and the replay's memory: the arrays the replay is given are
+    the read-only views of the received message, given away (copy=False: kept as they are)."""
+
+    class RecordingReplay(ReplayService):
+        def add_batch(self, items, copy=True):
+            self.handed = [(copy, [a.flags.writeable for a in item[2].values()]) for item in items]
+            return super().add_batch(items, copy=copy)
+
+    replay = RecordingReplay(capacity=1000)
+    gateway = Gateway(replay, "tcp://127.0.0.1:*", key_dir=key_dir, options=OPTIONS)
+    gateway.start()
+    try:
+        with make_client(gateway.endpoint, key_dir) as client:
+            assert wait_for(lambda: client.send_chunk(0, chunk(0)))
+            acks: list = []
+            assert wait_for(lambda: acks, poll=lambda: acks.extend(client.poll(10)))
+        assert replay.handed == [(False, [False] * len(chunk(0)))]
+        assert replay.keys() == [("robot-0", 0)]
+    finally:
         gateway.stop()
 
 

@@ -48,12 +48,13 @@ class ReplayService:
                 self._cond.notify_all()
             return added
 
-    def add_batch(self, items: list[tuple]) -> list:
+    def add_batch(self, items: list[tuple], copy: bool = True) -> list:
         """Add several chunks with one disk commit: items ``(stream, seq, chunk[, robot
         key])``; per item True (added), False (duplicate) or ``"<reason>: <detail>"``
-        (refused; ``store.REFUSALS``)."""
+        (refused; ``store.REFUSALS``). ``copy=False``: keep read-only arrays the caller gives
+        away (``Replay.add_batch``)."""
         with self._cond:
-            results = self._replay.add_batch(items)  # one disk commit for the whole batch
+            results = self._replay.add_batch(items, copy=copy)  # one disk commit per batch
             for item, result in zip(items, results, strict=True):
                 if result is True:
                     self._limiter.inserted += len(next(iter(item[2].values())))

@@ -277,11 +277,18 @@ class Replay:
         result = self.add_batch([(stream, seq, chunk)], raise_errors=True)[0]
         return bool(result)
 
-    def add_batch(self, items: list[tuple], raise_errors: bool = False) -> list[bool | str]:
+    def add_batch(
+        self, items: list[tuple], raise_errors: bool = False, copy: bool = True
+    ) -> list[bool | str]:
         """Add several chunks with one disk commit. Each item is ``(stream, seq, chunk)`` or
         ``(stream, seq, chunk, key)`` with the sender's robot key (None: not checked). Per
         item True (added), False (duplicate), or ``"<reason>: <detail>"`` for a chunk that
-        was refused, the reason one of REFUSALS (raised as ValueError if raise_errors)."""
+        was refused, the reason one of REFUSALS (raised as ValueError if raise_errors).
+
+        ``copy=False``: the caller gives its read-only arrays away (views of a received
+        message that nothing else holds or writes, one chunk per message), and the replay
+        keeps them instead of a copy; writeable or strided arrays are copied all the same.
+        Views of Ray's object store must be copied (the default): kept, they pin its memory."""
         results: list[bool | str] = []
         accepted: list[tuple[Key, dict[str, np.ndarray], int]] = []
         batch_keys: set[Key] = set()
@@ -295,7 +302,7 @@ class Replay:
                 continue
             if not refusal:
                 try:
-                    chunk = {k: _owned(v) for k, v in chunk.items()}
+                    chunk = {k: _owned(v, copy) for k, v in chunk.items()}
                     length = chunk_length(chunk)
                     self._check_spec(chunk)
                 except ValueError as e:
@@ -602,10 +609,15 @@ def _seq_refusal(key: Key, newest: int | None) -> str:
     return ""
 
 
-def _owned(value) -> np.ndarray:
-    """An array the replay may keep: views of network or object-store buffers are copied."""
+def _owned(value, copy: bool = True) -> np.ndarray:
+    """An array the replay may keep: views of network or object-store buffers are copied,
+    unless ``copy`` is False and the view is read-only and contiguous (``add_batch``)."""
     arr = np.asarray(value)
-    if not arr.flags.writeable or not arr.flags.c_contiguous or arr.base is not None:
+    if not arr.flags.c_contiguous:
+        return np.array(arr, copy=True, order="C")
+    if not copy and not arr.flags.writeable:
+        return arr  # given away: nobody can write to it through this array, nor may anyone else
+    if not arr.flags.writeable or arr.base is not None:
         arr = np.array(arr, copy=True, order="C")
     return arr
 

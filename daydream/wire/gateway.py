@@ -38,9 +38,10 @@ Three ways to run it (``learner.gateway``; ``runtime/learner.py: GatewayRunner``
 Replay calls are pipelined (several batches in flight) so robots never wait on disk
 writes one batch at a time: a replay elsewhere (``RemoteReplay``) pipelines its Ray calls, a
 replay in this process (``ReplayService``) is written by ``InlineSink``'s writer thread while
-the loop goes on receiving. In the replay's own process the arrays a chunk decodes to (views
-of the received message) go straight to ``ReplayService.add_batch``, which copies them once
-into its memory and its file.
+the loop goes on receiving. In the replay's own process the arrays a chunk decodes to
+(read-only views of the received message, one chunk per message) go straight to
+``ReplayService.add_batch(copy=False)``, which keeps them as its memory (no copy: a copy's
+fresh pages cost the replay as much CPU as its disk writes) and writes them to its file.
 """
 
 from __future__ import annotations
@@ -418,7 +419,7 @@ class InlineSink:
             if items is None:
                 return
             try:
-                result: object = self.replay.add_batch(items)
+                result: object = self.replay.add_batch(items, copy=False)  # the views: kept
             except Exception as e:  # noqa: BLE001 - reported by done(); the robots resend
                 result = e
             with self._finished:
