@@ -15,7 +15,7 @@ steps travel in chunks of ``--chunk`` steps.
             disk allows (transitions/s), whatever the software does
 
     python bench/ingest.py [--actors 2] [--seconds 6] [--chunk 32] [--modes thread,ray,replay]
-                           [--no-curve] [--no-disk]
+                           [--no-curve] [--no-disk] [--capacity STEPS]
 
 A mode named twice runs twice (``--modes replay,thread,replay,thread``: alternating rounds);
 ratios use the median of its rounds. Each round also prints the CPU milliseconds per 1,000
@@ -221,7 +221,7 @@ def bench_daydream(args, mode: str, key_dir: Path | None, directory: Path) -> tu
     from daydream.runtime.learner import GatewayRunner
 
     replay = RemoteReplay.start(
-        capacity=10**9 if args.no_disk else 2_000_000,
+        capacity=args.capacity or (10**9 if args.no_disk else 2_000_000),
         directory=None if args.no_disk else str(directory),
     )
     gateway = GatewayRunner(mode, replay, f"tcp://127.0.0.1:{free_port()}",
@@ -286,6 +286,9 @@ def main() -> int:
                         help=f"where the gateway runs, in order (of {', '.join(MODES)})")
     parser.add_argument("--no-curve", action="store_true", help="plain TCP, no CURVE")
     parser.add_argument("--no-disk", action="store_true", help="replay in memory, no fsync")
+    parser.add_argument("--capacity", type=int, default=0,
+                        help="replay capacity in steps (default: more than a round stores, so "
+                             "the replay only grows; a small one evicts as a full replay does)")  # fmt: skip
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - set(MODES):
