@@ -287,8 +287,8 @@ def main() -> int:
     parser.add_argument("--no-curve", action="store_true", help="plain TCP, no CURVE")
     parser.add_argument("--no-disk", action="store_true", help="replay in memory, no fsync")
     parser.add_argument("--capacity", type=int, default=0,
-                        help="replay capacity in steps (default: more than a round stores, so "
-                             "the replay only grows; a small one evicts as a full replay does)")  # fmt: skip
+                        help="replay capacity in steps (default: more than a round stores, "
+                             "so it only grows; a small one evicts, as a full one)")  # fmt: skip
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - set(MODES):
