@@ -185,18 +185,24 @@ class Scene:
         """An anti-aliased ring 2 px wide at sub-pixel precision, as the target: a step of the
         TCP moves it by its fraction of a pixel (a 1 px ring snapped to whole pixels was the
         largest part of a trained model's image error, never reconstructed)."""
-        u, v = self._image_point(self.tcp[0], self.tcp[1])
         radius = max(2.0, self._ring_radius(self.tcp[2]))
         colour = _GRIPPER_CLOSED if self.closed else _GRIPPER_OPEN
-        scale = 1 << _SUBPIXEL_BITS
-        centre, size = (int(round(u * scale)), int(round(v * scale))), int(round(radius * scale))
-        cv2.circle(img, centre, size, colour, _GRIPPER_WIDTH, cv2.LINE_AA, _SUBPIXEL_BITS)
+        _smooth_circle(img, self._image_point(self.tcp[0], self.tcp[1]), radius, colour,
+                       _GRIPPER_WIDTH)  # fmt: skip
 
     def _draw_target(self, img: np.ndarray, target: np.ndarray) -> None:
         """A filled, anti-aliased disc at sub-pixel precision (1/16 px): its size tells the
         target's height, its edge shading the fraction of a pixel."""
-        u, v = self._image_point(target[0], target[1])
         radius = max(1.5, self._ring_radius(target[2]))
-        scale = 1 << _SUBPIXEL_BITS
-        centre, size = (int(round(u * scale)), int(round(v * scale))), int(round(radius * scale))
-        cv2.circle(img, centre, size, _TARGET, -1, cv2.LINE_AA, _SUBPIXEL_BITS)
+        _smooth_circle(img, self._image_point(target[0], target[1]), radius, _TARGET, -1)
+
+
+def _smooth_circle(
+    img: np.ndarray, centre: tuple[float, float], radius: float, colour, thickness: int
+) -> None:
+    """An anti-aliased circle at sub-pixel precision (1/16 px): centre (column, row) and radius
+    in pixels, not rounded; thickness -1 fills it."""
+    scale = 1 << _SUBPIXEL_BITS
+    at = (int(round(centre[0] * scale)), int(round(centre[1] * scale)))
+    cv2.circle(img, at, int(round(radius * scale)), colour, thickness, cv2.LINE_AA,
+               _SUBPIXEL_BITS)  # fmt: skip
