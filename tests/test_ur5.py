@@ -178,6 +178,23 @@ def test_a_higher_reach_target_looks_bigger_as_the_gripper_does(reach):
     assert sizes[0] < sizes[1] < sizes[2]
 
 
+def test_on_the_target_the_gripper_ring_sits_inside_the_target_disc(reach):
+    """The target is a disc of twice the ring's radius at its height: with the TCP on it, orange
+    shows beyond the ring on every side. (A disc of the ring's own radius, 28-92 px at 64x64,
+    was one a trained model drew only for the targets it had trained on: bench/probe.py.)"""
+    reach.reset()
+    scene = reach.cell.scene
+    target = np.array([0.46, 0.05, 0.15])
+    reach.task.target = target
+    scene.move_tcp(target)
+    drawn = target_pixels(scene.render())
+    column, row = scene._image_point(*target[:2])
+    offsets = drawn - (row, column)
+    beyond = scene._ring_radius(target[2]) + 1.5  # outside the ring's 2 px line
+    for axis in (0, 1):
+        assert (offsets[:, axis] > beyond).any() and (offsets[:, axis] < -beyond).any()
+
+
 def gripper_centre(image: np.ndarray, background: np.ndarray) -> np.ndarray:
     """(row, column) of the gripper ring: the centre of what differs from the empty table,
     weighted by how much it differs (the ring is anti-aliased)."""

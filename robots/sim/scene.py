@@ -7,9 +7,9 @@ draws a top-down camera image with OpenCV for the driver's ``image`` key.
 
 Frame: the robot base frame, metres, z up, the table top at z = 0.
 The camera looks straight down: higher things look bigger (the gripper ring, the cubes).
-The reach task's target, when the scene is given one, is a filled orange disc drawn as
-the gripper ring would be at the target's height (same centre, same radius), so the TCP
-is on the target when the ring (2 px wide, centred on that radius) frames the disc.
+The reach task's target, when the scene is given one, is a filled orange disc centred on
+the target, of twice the radius the gripper ring has at the target's height, so the TCP is
+on the target when the ring (2 px wide) sits in the middle of the disc at half its radius.
 A cube is grasped when the gripper closes with its TCP within ``grasp_radius``
 of the cube's centre horizontally and within ``grasp_height`` vertically; a
 released cube falls straight down and rests on whatever is below it (a bin
@@ -192,8 +192,11 @@ class Scene:
 
     def _draw_target(self, img: np.ndarray, target: np.ndarray) -> None:
         """A filled, anti-aliased disc at sub-pixel precision (1/16 px): its size tells the
-        target's height, its edge shading the fraction of a pixel."""
-        radius = max(1.5, self._ring_radius(target[2]))
+        target's height, its edge shading the fraction of a pixel. Twice the ring's radius
+        (6-11 px at 64x64): a trained model drew a disc of the ring's own radius only where
+        its training targets had been, and its state held too little of where a new one was
+        to reach it (bench/probe.py)."""
+        radius = 2.0 * max(1.5, self._ring_radius(target[2]))
         _smooth_circle(img, self._image_point(target[0], target[1]), radius, _TARGET, -1)
 
 
