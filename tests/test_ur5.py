@@ -180,8 +180,8 @@ def test_a_higher_reach_target_looks_bigger_as_the_gripper_does(reach):
 
 def test_on_the_target_the_gripper_ring_sits_inside_the_target_disc(reach):
     """The target is a disc of twice the ring's radius at its height: with the TCP on it, orange
-    shows beyond the ring on every side. (A disc of the ring's own radius, 28-92 px at 64x64,
-    was one a trained model drew only for the targets it had trained on: bench/probe.py.)"""
+    shows beyond the ring on every side. (Of a disc of the ring's own radius, 28-92 px at 64x64,
+    a trained model's state kept too little to reach it: bench/probe.py.)"""
     reach.reset()
     scene = reach.cell.scene
     target = np.array([0.46, 0.05, 0.15])

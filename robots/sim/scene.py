@@ -193,9 +193,8 @@ class Scene:
     def _draw_target(self, img: np.ndarray, target: np.ndarray) -> None:
         """A filled, anti-aliased disc at sub-pixel precision (1/16 px): its size tells the
         target's height, its edge shading the fraction of a pixel. Twice the ring's radius
-        (6-11 px at 64x64): a trained model drew a disc of the ring's own radius only where
-        its training targets had been, and its state held too little of where a new one was
-        to reach it (bench/probe.py)."""
+        (6-11 px at 64x64): of a disc of the ring's own radius a trained model's state kept
+        too little to reach it, of this one it keeps the place to 2-4 cm (bench/probe.py)."""
         radius = 2.0 * max(1.5, self._ring_radius(target[2]))
         _smooth_circle(img, self._image_point(target[0], target[1]), radius, _TARGET, -1)
 
