@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if directory is None or not directory.is_dir():
         parser.error(f"no replay directory at {directory} (the probe is fitted on the replay)")
     start = time.time()
-    replay = Replay(config.replay.capacity, directory, seed=args.seed)
+    replay = Replay(config.replay.capacity, directory, seed=args.seed, read_only=True)
     print(f"probe: {logdir} ({agent.updates} updates), replay of {replay.num_steps} steps; "
           f"{args.sequences} sequences of {args.length}, {args.episodes} new episodes "
           f"({args.mode})", flush=True)  # fmt: skip

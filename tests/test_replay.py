@@ -190,6 +190,33 @@ def test_torn_and_corrupt_files_are_ignored_on_reload(tmp_path):
     assert len(list(tmp_path.glob("*.corrupt"))) == 3  # set aside, not deleted
 
 
+def snapshot(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_a_replay_opened_read_only_leaves_a_live_replays_directory_as_it_is(tmp_path):
+    """A report or a probe reads a learner's replay while it trains: it must not delete the
+    learner's write in flight, set files aside, or delete files it would evict at its own
+    capacity (the learner still holds their chunks, and its restart reloads them from there)."""
+    replay = Replay(capacity=100, directory=tmp_path)
+    for seq in range(4):
+        replay.add("a", seq, make_chunk(0, seq))
+    (tmp_path / ".000000000099.chunk.4242.tmp").write_bytes(b"partial")  # a write in flight
+    (tmp_path / "000000000100.chunk").write_bytes(b"")  # renamed, not yet written through
+    (tmp_path / "streams.json").write_text("{not json")
+    before = snapshot(tmp_path)
+    reader = Replay(capacity=8, directory=tmp_path, read_only=True)
+    assert reader.num_steps == 8  # what its capacity holds, evicted in memory only
+    assert_contiguous(reader.sample(4, 8), 4)
+    assert snapshot(tmp_path) == before
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.add("a", 4, make_chunk(0, 4))
+    assert snapshot(tmp_path) == before
+    with pytest.raises(FileNotFoundError, match="no replay directory"):
+        Replay(capacity=8, directory=tmp_path / "missing", read_only=True)
+    assert not (tmp_path / "missing").exists()
+
+
 def test_a_batch_is_one_commit_and_its_file_goes_when_all_its_chunks_are_evicted(tmp_path):
     replay = Replay(capacity=24, directory=tmp_path)
     results = replay.add_batch(

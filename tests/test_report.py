@@ -35,8 +35,12 @@ def test_report_writes_a_readable_video_and_plots_for_a_short_run(algo, tmp_path
     logdir = tmp_path / "run"
     short_run(logdir, "configs/sim_ur5_reach_pixels.yaml", algo, ["ur5.episode_length=40"])
     capsys.readouterr()
+    replay_dir = logdir / "replay"  # as a learner still training leaves it: a write in flight
+    (replay_dir / ".000000999999.chunk.4242.tmp").write_bytes(b"partial")
+    before = {p.name: p.read_bytes() for p in replay_dir.iterdir()}
     code = main(["report", "--logdir", str(logdir), "--sequences", "3", "--length", "20"])
     assert code == 0
+    assert {p.name: p.read_bytes() for p in replay_dir.iterdir()} == before
     paths = printed_paths(capsys.readouterr().out)
     videos = [p for p in paths if p.suffix == ".gif"]
     plots = [p for p in paths if p.suffix == ".png"]

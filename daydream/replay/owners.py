@@ -46,8 +46,9 @@ class StreamOwners:
     is not going to happen.
     """
 
-    def __init__(self, directory: str | Path | None = None) -> None:
+    def __init__(self, directory: str | Path | None = None, read_only: bool = False) -> None:
         self.path = Path(directory) / FILENAME if directory is not None else None
+        self.read_only = read_only  # another process's file: an unreadable one stays in place
         self._owners: dict[str, str] = {}
         self._new: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -64,6 +65,9 @@ class StreamOwners:
             ):
                 raise ValueError("not a map of stream names to 40-character keys")
         except (OSError, ValueError) as e:
+            if self.read_only:
+                self.warnings.append(f"{self.path} is unreadable ({e}); no stream has an owner")
+                return
             aside = self.path.with_name(self.path.name + ".corrupt")
             os.replace(self.path, aside)
             self.warnings.append(

@@ -25,6 +25,10 @@ there; short episodes are never dropped), but never a gap in sequence numbers.
   reload, with the records found and expected; the records it still holds are kept. Files
   written before the header existed load as before (reported once per reload: nothing can
   tell whether they are complete). Every warning of the last reload is in ``warnings``.
+- ``read_only=True`` opens another process's replay directory to read it while that process
+  may be writing (a report, a probe): the directory is left exactly as it is (no temp file
+  of a write in flight deleted, no file set aside or deleted, eviction in memory only), and
+  nothing can be added.
 
 File layout (all integers little-endian)::
 
@@ -219,6 +223,7 @@ class Replay:
         directory: str | Path | None = None,
         recency: float = 0.0,
         seed: int = 0,
+        read_only: bool = False,
     ):
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1 step, got {capacity}")
@@ -227,6 +232,9 @@ class Replay:
         self.capacity = int(capacity)
         self.recency = float(recency)
         self.directory = Path(directory) if directory is not None else None
+        self.read_only = read_only
+        if read_only and self.directory is not None and not self.directory.is_dir():
+            raise FileNotFoundError(f"no replay directory {self.directory} to read")
         self._rng = np.random.default_rng(seed)
         self._chunks: dict[Key, dict[str, np.ndarray]] = {}
         self._index: dict[Key, int] = {}  # insertion index (global, increasing)
@@ -238,7 +246,7 @@ class Replay:
         self._next_index = 0
         self._num_steps = 0
         self._newest_seq: dict[str, int] = {}  # per stream, the highest seq stored so far
-        self.owners = StreamOwners(self.directory)
+        self.owners = StreamOwners(self.directory, read_only=read_only)
         self._counts = {
             "added": 0,
             "duplicates": 0,
@@ -249,7 +257,8 @@ class Replay:
         }
         self.warnings: list[str] = []  # what the last reload found wrong, for the learner's log
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                self.directory.mkdir(parents=True, exist_ok=True)
             self._reload()
 
     # ------------------------------------------------------------ public API
@@ -289,6 +298,8 @@ class Replay:
         message that nothing else holds or writes, one chunk per message), and the replay
         keeps them instead of a copy; writeable or strided arrays are copied all the same.
         Views of Ray's object store must be copied (the default): kept, they pin its memory."""
+        if self.read_only:
+            raise RuntimeError(f"replay {self.directory} is opened read-only: nothing is added")
         results: list[bool | str] = []
         accepted: list[tuple[Key, dict[str, np.ndarray], int]] = []
         batch_keys: set[Key] = set()
@@ -483,7 +494,8 @@ class Replay:
                 if self._file_refs[file_id] == 0:
                     del self._file_refs[file_id]
                     assert self.directory is not None
-                    (self.directory / f"{file_id:012d}{_SUFFIX}").unlink(missing_ok=True)
+                    if not self.read_only:
+                        (self.directory / f"{file_id:012d}{_SUFFIX}").unlink(missing_ok=True)
 
     def _write(self, file_id: int, records: list[tuple[Key, int, dict[str, np.ndarray]]]) -> None:
         assert self.directory is not None
@@ -504,8 +516,9 @@ class Replay:
         self.warnings = []
         for message in self.owners.warnings:
             self._warn(message)
-        for tmp in self.directory.glob(f"{TMP_PREFIX}*{_SUFFIX}*{TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)  # a write that never reached its rename
+        if not self.read_only:  # read-only, these may be a live writer's files in flight
+            for tmp in self.directory.glob(f"{TMP_PREFIX}*{_SUFFIX}*{TMP_SUFFIX}"):
+                tmp.unlink(missing_ok=True)  # a write that never reached its rename
         headerless = []
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
             try:
@@ -568,10 +581,11 @@ class Replay:
             loaded += 1
         if promised is not None and not broken:
             self._check_complete(path, promised, found, crcs)
-        if not loaded and (broken or not found):
-            path.rename(path.with_name(path.name + ".corrupt"))  # kept for a person to look at
-        elif not loaded:
-            path.unlink()  # only duplicates of chunks held elsewhere
+        if not loaded and not self.read_only:
+            if broken or not found:
+                path.rename(path.with_name(path.name + ".corrupt"))  # for a person to look at
+            else:
+                path.unlink()  # only duplicates of chunks held elsewhere
         return not data or data.startswith(_FILE_MAGIC)
 
     def _check_complete(

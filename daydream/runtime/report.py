@@ -239,7 +239,7 @@ def write_report(
     if replay_dir is None or not replay_dir.is_dir():
         notes.append(f"no replay directory {replay_dir}: no prediction videos")
         return written, notes
-    replay = Replay(config.replay.capacity, replay_dir, 0.0, seed=0)
+    replay = Replay(config.replay.capacity, replay_dir, 0.0, seed=0, read_only=True)  # may be live
     while length > context + 1 and not replay.ready(length):
         length //= 2
     if not replay.ready(length) or length <= context:
