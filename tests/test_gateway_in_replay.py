@@ -241,3 +241,24 @@ def test_stopping_the_gateway_after_its_replay_actor_died_says_so_and_does_not_r
     ray.kill(replay.handle)
     gateway.stop()
     assert "the replay actor, and the gateway in it, was already gone" in capsys.readouterr().out
+
+
+def test_a_learner_whose_replay_actor_died_still_checkpoints_on_close(
+    ray_session, tmp_path, capsys
+):
+    """Stopped with its process group, the learner can find the replay actor already gone: its
+    last reports and log line are lost, but the checkpoint is written and close returns (it
+    raised ReplayGone before writing the checkpoint)."""
+    import ray
+
+    from daydream.core.config import load_config
+    from daydream.runtime.learner import start_learner
+    from tests.tiny import tiny_model
+
+    config = load_config("configs/pendulum.yaml", overrides=[
+        *tiny_model(units=32), f"logdir={tmp_path}", "transport.curve=false"])  # fmt: skip
+    learner = start_learner(config, "tcp://127.0.0.1:*")
+    ray.kill(learner.replay.handle)
+    learner.close()
+    assert (tmp_path / "checkpoint.pt").is_file()
+    assert "the replay actor was already gone" in capsys.readouterr().out

@@ -660,8 +660,12 @@ class Learner:
         if self.pace_thread is not None:
             self.pace_thread.stop()
         try:
-            self.poll()
-            self._log()  # the last figures, also for runs shorter than learner.log_every_s
+            try:
+                self.poll()
+                self._log()  # the last figures, also for runs shorter than learner.log_every_s
+            except ReplayGone:  # stopped with this process group: the checkpoint still matters
+                print("learner: the replay actor was already gone; its last reports are not "
+                      "logged, the checkpoint is written", flush=True)  # fmt: skip
             if self.failure is None:
                 self.save()
             else:
