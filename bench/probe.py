@@ -91,15 +91,13 @@ def replay_vectors(agent, replay, sequences: int, length: int) -> dict[str, np.n
 def _observe(agent, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    from daydream.agent.world_model import preprocess, to_torch
+    from daydream.agent.world_model import preprocess, previous_actions, to_torch
 
-    keys = [*agent._sensor_keys, "is_first"]
+    keys = [*agent._sensor_keys, "is_first", "action"]
     data = preprocess(to_torch({k: batch[k] for k in keys}, agent.device), agent.wm.images)
-    action = torch.as_tensor(batch["action"], dtype=torch.float32, device=agent.device)
-    prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
     with torch.no_grad():
         embed = agent.wm.encoder(data)
-        post, _ = agent.wm.rssm.observe(embed, prev_action, data["is_first"])
+        post, _ = agent.wm.rssm.observe(embed, previous_actions(data["action"]), data["is_first"])
         feat = agent.wm.rssm.feat(post)
     return embed.cpu().numpy(), feat.cpu().numpy()
 

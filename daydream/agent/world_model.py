@@ -66,6 +66,12 @@ def preprocess(obs: dict[str, torch.Tensor], images: list[str]) -> dict[str, tor
     return out
 
 
+def previous_actions(action: torch.Tensor) -> torch.Tensor:
+    """(B, T, A) actions -> the action before each step, a_{t-1} (zeros before the first): what
+    the RSSM consumes at step t, the replay storing a_t with the observation it followed."""
+    return torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+
+
 class MultiEncoder(nn.Module):
     """Sensor fusion: a CNN per image key, one MLP over all vector keys, embeddings concatenated."""
 
@@ -203,9 +209,7 @@ class WorldModel(nn.Module):
                 embed = self.encoder(view)  # (B, T, E) from the first augmented view
             else:
                 embed = self.encoder(data)  # (B, T, E)
-        prev_action = torch.cat(
-            [torch.zeros_like(data["action"][:, :1]), data["action"][:, :-1]], 1
-        )
+        prev_action = previous_actions(data["action"])
         with phase("wm: observe (RSSM over T)"):
             post, prior = self.rssm.observe(embed, prev_action, data["is_first"])
         feat = self.rssm.feat(post)  # (B, T, F)

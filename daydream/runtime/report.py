@@ -47,13 +47,13 @@ def open_loop(agent, batch: dict[str, np.ndarray], context: int) -> dict[str, np
     """Predict every sensor of ``batch`` (B, T, ...): ``context`` steps observed, then imagined
     from the recorded actions. Returns {key: prediction}: uint8 (B, T, H, W, C) for images,
     float32 (B, T, N) in the sensor's own units for vectors."""
-    from daydream.agent.world_model import preprocess, to_torch
+    from daydream.agent.world_model import preprocess, previous_actions, to_torch
 
     wm = agent.wm
     decoder = decoder_of(wm)
     data = preprocess(to_torch(batch, agent.device), wm.images)
     embed = wm.encoder({k: data[k] for k in wm.images + wm.vectors})  # (B, T, E)
-    prev_action = torch.cat([torch.zeros_like(data["action"][:, :1]), data["action"][:, :-1]], 1)
+    prev_action = previous_actions(data["action"])
     seen = slice(0, context)
     post, _ = wm.rssm.observe(embed[:, seen], prev_action[:, seen], data["is_first"][:, seen])
     states = [{k: v[:, t] for k, v in post.items()} for t in range(context)]
