@@ -10,11 +10,14 @@
     python bench/train_step.py --only daydreamer-small-vectors --length 32 --threads 1 \
         --versus train.compile=true train.precision=bfloat16
     python bench/train_step.py --only dreamerv2-small --baseline 4f9c252  # an older commit
+    python bench/train_step.py --only dreamerv2-small --set train.precision=bfloat16 \
+        --baseline HEAD --baseline-set train.precision=bfloat16   # uncommitted change vs HEAD
     python bench/train_step.py --set device=cuda train.precision=bfloat16   # any config override
 
 ``--versus KEY=VALUE ...`` times every configuration again with those overrides and prints the
 ratio; ``--baseline REV`` times it with the code of git revision REV (a temporary worktree,
-its own bench script) and prints old / new: "today vs new" in one run, on the same machine.
+its own bench script, with ``--baseline-set`` overrides only) and prints old / new: "today vs
+new" in one run, on the same machine.
 
 Each configuration runs in its own process so that its peak memory (max RSS on CPU,
 max allocated on CUDA) is its own. Observations: one 64x64x3 image and a 16-dim
@@ -141,8 +144,8 @@ def measure(
     for i in range(1, updates + 1):  # the visualisation decoder on updates N, 2N, ... as in train
         start, cpu_start = time.perf_counter(), time.process_time()
         batch_t = preprocess(to_torch(data, agent.device), agent.wm.images)
-        hide = agent.vis_opt is not None and i % config.model.vis_every
-        agent.model_opt.step(agent.wm.loss(batch_t, vis=not hide)[0])
+        vis = agent.vis_opt is not None and i % config.model.vis_every == 0
+        agent.train_world_model(batch_t, vis)  # as in an update: train.precision included
         if agent.device.type == "cuda":
             torch.cuda.synchronize()
         wm_times.append(time.perf_counter() - start)
@@ -240,6 +243,8 @@ def main() -> None:
     parser.add_argument("--versus", nargs="+", metavar="KEY=VALUE",
                         help="time again with these overrides")  # fmt: skip
     parser.add_argument("--baseline", metavar="REV", help="time again with git revision REV")
+    parser.add_argument("--baseline-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for the --baseline run (its own keys)")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="time per phase of an update")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -273,7 +278,8 @@ def main() -> None:
             print_row(f"  {' '.join(args.versus)}", others[name])
         if old_tree is not None:
             env = {**os.environ, "PYTHONPATH": str(old_tree)}
-            others[name] = run_child(str(old_tree / "bench/train_step.py"), name, args, [], env)
+            others[name] = run_child(str(old_tree / "bench/train_step.py"), name, args,
+                                     args.baseline_set, env)  # fmt: skip
             print_row(f"  at {args.baseline}", others[name])
     if others:
         what = " ".join(args.versus) if args.versus else f"revision {args.baseline}"

@@ -290,3 +290,30 @@ def test_vector_norm_standardises_inputs_and_targets_and_travels_with_the_policy
     robot.load_policy_weights(weights)
     torch.testing.assert_close(robot.wm.encoder.norm.mean, norm.mean)
     torch.testing.assert_close(robot.wm.encoder.norm.var, norm.var)
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (32, 48, 1)])
+def test_image_decoder_is_its_transposed_convolutions_applied_to_the_projected_features(shape):
+    """ConvDecoder computes its first transposed convolution (on a 1 x 1 image) as a matrix
+    product; outputs and every parameter's gradient equal DreamerV2's plain chain."""
+    from daydream.agent.nets import ConvDecoder
+
+    torch.manual_seed(0)
+    decoder = ConvDecoder(24, shape, depth=4)
+    feat = torch.randn(2, 3, 24)
+
+    def plain(feat: torch.Tensor) -> torch.Tensor:
+        x = decoder.net(decoder.linear(feat.reshape(-1, 24))[:, :, None, None])
+        if decoder.resize:
+            x = torch.nn.functional.interpolate(x, size=shape[:2], mode="bilinear")
+        return x.permute(0, 2, 3, 1).reshape(2, 3, *shape)
+
+    out, want = decoder(feat), plain(feat)
+    assert out.shape == (2, 3, *shape)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    target = torch.randn_like(want)
+    params = list(decoder.parameters())
+    got = torch.autograd.grad((out - target).square().sum(), params)
+    ref = torch.autograd.grad((want - target).square().sum(), params)
+    for g, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)

@@ -235,14 +235,11 @@ class Agent:
         dtype = self.precision or torch.float32
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision is not None)
 
-    def train(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        """One world-model update and one behaviour update on a (B, T, ...) batch.
-
-        The visualisation decoder (reconstruction-free models) trains on updates 0, N, 2N, ...
-        (N = ``model.vis_every``); on the others the world model's loss leaves it out.
-        """
-        data = preprocess(to_torch(batch, self.device), self.wm.images)
-        vis = self.vis_opt is not None and self.updates % self.config.model.vis_every == 0
+    def train_world_model(
+        self, data: dict[str, torch.Tensor], vis: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The world model's half of an update on a preprocessed batch (``preprocess``), with
+        the visualisation decoder's step when ``vis``; returns the posteriors and metrics."""
         with self._autocast():
             wm_loss, post, metrics = self.wm.loss(data, vis=vis)
         if "wm/model_loss" in metrics:  # wm/loss: the world model's own, on every update alike
@@ -255,7 +252,17 @@ class Agent:
             metrics["wm/grad_norm"] = self.model_opt.clip_and_step()
             if vis:
                 metrics["wm/vis_grad_norm"] = self.vis_opt.clip_and_step()
+        return post, metrics
 
+    def train(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """One world-model update and one behaviour update on a (B, T, ...) batch.
+
+        The visualisation decoder (reconstruction-free models) trains on updates 0, N, 2N, ...
+        (N = ``model.vis_every``); on the others the world model's loss leaves it out.
+        """
+        data = preprocess(to_torch(batch, self.device), self.wm.images)
+        vis = self.vis_opt is not None and self.updates % self.config.model.vis_every == 0
+        post, metrics = self.train_world_model(data, vis)
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}  # (B*T, ...)
         start_cont = 1.0 - data["is_terminal"].float().reshape(-1)
         with frozen(self.wm):
@@ -265,14 +272,14 @@ class Agent:
                 with phase("behaviour: targets (reward, cont, slow critic)"):
                     ret, weight, value = self.behavior.targets(self.wm, feat, start_cont)
                 actor_loss, m = self.behavior.actor_loss(feat, actions, ret, value, weight, policy)
-            metrics.update(m)
+            metrics.update({key: float(value) for key, value in m.items()})
             metrics["actor/loss"] = float(actor_loss.detach())
             with phase("behaviour: actor backward + optimiser"):
                 metrics["actor/grad_norm"] = self.actor_opt.step(actor_loss)
         with phase("behaviour: critic"):
             with self._autocast():
                 critic_loss, m = self.behavior.critic_loss(feat, ret, weight)
-            metrics.update(m)
+            metrics.update({key: float(value) for key, value in m.items()})
             metrics["critic/loss"] = float(critic_loss.detach())
             metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)
         self.behavior.update_slow_critic()

@@ -175,7 +175,8 @@ class Behavior(nn.Module):
 
         with rho = 1 for ``reinforce`` and rho = 0 for ``dynamics`` (R_i differentiated through
         the learned dynamics), eta = ``actor_ent``. ``dist``: the policy at s_0 .. s_{H-1} from
-        ``imagine`` (dynamics mode); without it the actor runs again on sg(feat).
+        ``imagine`` (dynamics mode); without it the actor runs again on sg(feat). The metrics
+        are detached 0-d tensors (read them with ``float``; ``train.compile`` compiles this).
         """
         if dist is None:
             dist = self.actor(feat[:-1].detach())
@@ -186,13 +187,12 @@ class Behavior(nn.Module):
             objective = dist.log_prob(actions.detach()) * advantage
         entropy = dist.entropy()
         loss = -(weight[:-1] * (objective + self.cfg.actor_ent * entropy)).mean()
-        return loss, {
-            "actor/entropy": float(entropy.mean().detach()),
-            "actor/return": float(ret.mean().detach()),
-        }
+        return loss, {"actor/entropy": entropy.mean().detach(), "actor/return": ret.mean().detach()}
 
     def critic_loss(self, feat: torch.Tensor, ret: torch.Tensor, weight: torch.Tensor):
-        """Critic regression to lambda-returns: L = sum_i w_i * 0.5 * (v(s_i) - sg(R_i))^2."""
+        """Critic regression to lambda-returns: L = sum_i w_i * 0.5 * (v(s_i) - sg(R_i))^2.
+
+        The metric is a detached 0-d tensor, as ``actor_loss``'s."""
         value = self.critic(feat[:-1].detach()).squeeze(-1)
         loss = (weight[:-1] * 0.5 * (value - ret.detach()) ** 2).mean()
-        return loss, {"critic/value": float(value.mean().detach())}
+        return loss, {"critic/value": value.mean().detach()}
