@@ -61,3 +61,18 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_multiplies_it_native
     assert resolve_precision("float32", torch.device("cpu")) is None
     with pytest.raises(ValueError, match="train.precision"):
         resolve_precision("half", torch.device("cpu"))
+
+
+def test_the_world_models_half_of_an_update_runs_in_the_agents_precision():
+    """``Agent.train_world_model`` (what bench/train_step.py times as the world model's update)
+    multiplies in bfloat16 as ``Agent.train`` does: the bench once timed it in float32."""
+    from daydream.agent.world_model import preprocess, to_torch
+
+    agent = _agent("bfloat16")
+    seen: list[torch.dtype] = []
+    agent.wm.rssm.cell.linear.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    data = preprocess(to_torch(_fixed_batch(True, np.random.default_rng(0)), agent.device),
+                      agent.wm.images)  # fmt: skip
+    post, metrics = agent.train_world_model(data, vis=False)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert np.isfinite(metrics["wm/loss"]) and post["deter"].dtype == torch.float32
