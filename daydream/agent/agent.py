@@ -272,14 +272,14 @@ class Agent:
                 with phase("behaviour: targets (reward, cont, slow critic)"):
                     ret, weight, value = self.behavior.targets(self.wm, feat, start_cont)
                 actor_loss, m = self.behavior.actor_loss(feat, actions, ret, value, weight, policy)
-            metrics.update({key: float(value) for key, value in m.items()})
+            metrics.update({k: float(v) for k, v in m.items()})  # tensors: one read each
             metrics["actor/loss"] = float(actor_loss.detach())
             with phase("behaviour: actor backward + optimiser"):
                 metrics["actor/grad_norm"] = self.actor_opt.step(actor_loss)
         with phase("behaviour: critic"):
             with self._autocast():
                 critic_loss, m = self.behavior.critic_loss(feat, ret, weight)
-            metrics.update({key: float(value) for key, value in m.items()})
+            metrics.update({k: float(v) for k, v in m.items()})  # tensors: one read each
             metrics["critic/loss"] = float(critic_loss.detach())
             metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)
         self.behavior.update_slow_critic()
