@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -336,3 +338,26 @@ def test_starting_the_ratio_forgives_the_prefill_and_no_more():
     stats = service.stats()
     assert stats["inserted_steps"] == 180 and stats["sampled_steps"] == 8 * 100
     assert service.sample(4, 16, timeout=0.0) is not None  # the 80 extra steps are owed
+
+
+def test_chunk_files_keep_zlibs_crc32_so_files_read_the_same_everywhere(tmp_path):
+    """The checksums are computed with zlib-ng (faster); the values must stay zlib's CRC32,
+    which files written before, and any other reader, use."""
+    import struct
+    import zlib
+
+    replay = Replay(capacity=100, directory=tmp_path)
+    replay.add_batch([("a", s, make_chunk(0, s, length=300)) for s in range(2)])
+    (path,) = tmp_path.glob("*.chunk")
+    data = path.read_bytes()
+    magic, count, digest, own = struct.unpack_from("<8sIII", data)
+    assert own == zlib.crc32(data[:16]) and count == 2
+    crcs, start = [], 20
+    for _ in range(count):  # each record: magic, header length, header, arrays, CRC32
+        (head_len,) = struct.unpack_from("<I", data, start + 8)
+        nbytes = sum(a[3] for a in json.loads(data[start + 12 : start + 12 + head_len])["arrays"])
+        end = start + 12 + head_len + nbytes
+        assert struct.unpack_from("<I", data, end)[0] == zlib.crc32(data[start:end])
+        crcs.append(data[end : end + 4])
+        start = end + 4
+    assert start == len(data) and digest == zlib.crc32(b"".join(crcs))
