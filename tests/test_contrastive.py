@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from daydream.agent import contrastive
 from daydream.core.config import load_config
@@ -126,6 +127,28 @@ def test_pad_crop_is_a_shift_of_at_most_four_pixels():
     shift = crop[0, 10, 0, 0] - 10
     assert abs(float(shift)) <= 4
     torch.testing.assert_close(crop[0, 10:50, :, 0], images[0, 10:50, :, 0] + shift)
+
+
+@pytest.mark.parametrize("mode", ["pad", "resize"])
+def test_every_augmented_image_is_a_64_crop_of_its_image_padded_or_resized_to_72(mode):
+    """Whatever way the crop is computed: each view is, exactly, one of the 9 x 9 crops of the
+    image replicate-padded by 4 (or resized to 72 x 72), and the offsets vary."""
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (2, 5, 64, 64, 3), generator=g, dtype=torch.uint8)
+    views = contrastive.random_crop(images, 72, mode, generator=g)
+    chw = images.reshape(-1, 64, 64, 3).permute(0, 3, 1, 2).float()
+    if mode == "pad":
+        big = F.pad(chw, (4, 4, 4, 4), mode="replicate")
+    else:
+        big = F.interpolate(chw, size=(72, 72), mode="bilinear", align_corners=False).round()
+    big = big.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (N, 72, 72, 3)
+    offsets = set()
+    for view, padded in zip(views.reshape(-1, 64, 64, 3), big, strict=True):
+        found = [(dy, dx) for dy in range(9) for dx in range(9)
+                 if torch.equal(view, padded[dy : dy + 64, dx : dx + 64])]  # fmt: skip
+        assert found, "a view that is no crop of its padded image"
+        offsets.add(found[0])
+    assert len(offsets) > 3
 
 
 # ---------------------------------------------------------------------------- overshooting

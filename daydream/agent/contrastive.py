@@ -128,25 +128,26 @@ def random_crop(
     lead, (h, w, c) = images.shape[:-3], images.shape[-3:]
     x = images.reshape(-1, h, w, c)  # (N, H, W, C)
     n = x.shape[0]
-    if mode == "pad":
+    if mode == "pad":  # the padding stays virtual: a row or column index clamped to the image
         pad_h, pad_w = (size - h) // 2, (size - w) // 2
-        idx_h = (torch.arange(h + 2 * pad_h, device=x.device) - pad_h).clamp(0, h - 1)
-        idx_w = (torch.arange(w + 2 * pad_w, device=x.device) - pad_w).clamp(0, w - 1)
-        big = x[:, idx_h][:, :, idx_w]  # (N, H + 2p, W + 2p, C), replicate padding
+        big_h, big_w = h + 2 * pad_h, w + 2 * pad_w
     elif mode == "resize":
         chw = x.permute(0, 3, 1, 2).float()
         big = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False)
         big = big.permute(0, 2, 3, 1)
         if not images.dtype.is_floating_point:
             big = big.round().clamp(0, 255)
-        big = big.to(images.dtype)
+        x, pad_h, pad_w, big_h, big_w = big.to(images.dtype), 0, 0, size, size
     else:
         raise ValueError(f"model.contrastive.augment must be pad, resize or none, got {mode!r}")
-    top = torch.randint(0, big.shape[1] - h + 1, (n,), device=x.device, generator=generator)
-    left = torch.randint(0, big.shape[2] - w + 1, (n,), device=x.device, generator=generator)
-    rows = top[:, None] + torch.arange(h, device=x.device)  # (N, H)
-    cols = left[:, None] + torch.arange(w, device=x.device)  # (N, W)
-    out = big[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    top = torch.randint(0, big_h - h + 1, (n,), device=x.device, generator=generator)
+    left = torch.randint(0, big_w - w + 1, (n,), device=x.device, generator=generator)
+    src_h, src_w = x.shape[1:3]
+    rows = (top[:, None] - pad_h + torch.arange(h, device=x.device)).clamp(0, src_h - 1)  # (N, H)
+    cols = (left[:, None] - pad_w + torch.arange(w, device=x.device)).clamp(0, src_w - 1)  # (N, W)
+    first = torch.arange(n, device=x.device)[:, None, None] * (src_h * src_w)  # (N, 1, 1)
+    pixel = first + rows[:, :, None] * src_w + cols[:, None, :]  # (N, H, W) into all pixels
+    out = x.reshape(-1, c).index_select(0, pixel.reshape(-1))  # one copy of the crops' pixels
     return out.reshape(*lead, h, w, c)
 
 
