@@ -14,8 +14,8 @@ spill files, the latched safety stop, status files and written configs all use i
 copying into the page cache: about half the CPU for the replay's multi-megabyte chunk files
 (``bench/ingest.py``), and a replay ingesting hundreds of MB/s no longer pushes every other
 file out of memory. The file's bytes are the same. Where the file system refuses ``O_DIRECT``
-(tmpfs, some network and overlay file systems) or the OS has none, the write is buffered as
-without it (and ``data(file)`` may be called a second time, on a fresh file).
+(tmpfs before Linux 6.6, some network and overlay file systems) or the OS has none, the write
+is buffered as without it (and ``data(file)`` may be called a second time, on a fresh file).
 """
 
 from __future__ import annotations
@@ -107,9 +107,10 @@ def _write_direct(tmp: Path, write: Callable[[BinaryIO], None]) -> bool:
 
 class _DirectFile:
     """A new file written with O_DIRECT through this thread's page-aligned staging buffer:
-    each full buffer goes to the disk as it fills; ``close`` writes the whole blocks of the
-    rest directly, the last partial block (under ``DIRECT_ALIGN`` bytes) with O_DIRECT cleared,
-    and fsyncs. Only ``write`` is offered (what the writers given to ``atomic_write`` use)."""
+    each full buffer goes to the disk as it fills; leaving the ``with`` block writes the whole
+    blocks of the rest directly, the last partial block (under ``DIRECT_ALIGN`` bytes) with
+    O_DIRECT cleared, and fsyncs. Only ``write`` is offered (what the writers given to
+    ``atomic_write`` use)."""
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o666)
