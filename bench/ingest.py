@@ -13,6 +13,8 @@ steps travel in chunks of ``--chunk`` steps.
             on the way (the default since issue 13)
     disk    one batch of chunks written and fsynced as the replay writes it, in a loop: what the
             disk allows (transitions/s), whatever the software does
+    reload  after each round with a disk: the time a restarted learner's replay takes to read
+            back what the round stored (records read, CRCs checked)
 
     python bench/ingest.py [--actors 2] [--seconds 6] [--chunk 32] [--modes thread,ray,replay]
                            [--no-curve] [--no-disk] [--capacity STEPS]
@@ -45,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MODES = ("thread", "ray", "replay")  # learner.gateway
 STEP_BYTES = 64 * 64 * 3 + 32 * 4 + 4 + 3
 TARGET = 50_000  # transitions/s, issue 13
+GROWING = 2_000_000  # replay capacity in steps without --capacity: more than a round stores
 
 
 def make_chunks(n: int, steps: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -169,6 +172,19 @@ def bench_disk(args, directory: Path) -> float:
     return rate
 
 
+def bench_reload(directory: Path, capacity: int) -> str:
+    """How long a restarted learner's replay takes to reload what a round stored (every record
+    read and its CRC checked), as a line to print."""
+    from daydream.replay.store import Replay
+
+    size = sum(p.stat().st_size for p in directory.glob("*.chunk"))
+    t0 = time.monotonic()
+    replay = Replay(capacity=capacity, directory=directory, read_only=True)
+    took = time.monotonic() - t0
+    return (f"    reload (a learner's restart): {replay.num_steps:,} steps of {size / 1e6:,.0f} MB "
+            f"in {took:.2f} s ({replay.num_steps / took:,.0f} steps/s)")  # fmt: skip
+
+
 # ---------------------------------------------------------------- daydream pipeline
 
 
@@ -221,7 +237,7 @@ def bench_daydream(args, mode: str, key_dir: Path | None, directory: Path) -> tu
     from daydream.runtime.learner import GatewayRunner
 
     replay = RemoteReplay.start(
-        capacity=args.capacity or (10**9 if args.no_disk else 2_000_000),
+        capacity=args.capacity or (10**9 if args.no_disk else GROWING),
         directory=None if args.no_disk else str(directory),
     )
     gateway = GatewayRunner(mode, replay, f"tcp://127.0.0.1:{free_port()}",
@@ -258,10 +274,11 @@ def bench_daydream(args, mode: str, key_dir: Path | None, directory: Path) -> tu
     gateway.stop()
     replay_stats = replay.stats()
     replay.close()
+    reload = "" if args.no_disk else bench_reload(directory, args.capacity or GROWING)
     shutil.rmtree(directory, ignore_errors=True)  # its page cache goes too: rounds start alike
     per_k = {name: 1e6 * c / max(s1 - s0, 1) for name, c in cpu.items()}  # ms / 1,000 steps
     return (s1 - s0) / (t1 - t0), {**stats, **{f"replay_{k}": v for k, v in replay_stats.items()},
-                                   "cpu_ms_per_1000": per_k}  # fmt: skip
+                                   "cpu_ms_per_1000": per_k, "reload": reload}  # fmt: skip
 
 
 def cpu_line(cpu: dict[str, float]) -> str:
@@ -318,6 +335,8 @@ def main() -> int:
             rates.setdefault(mode, []).append(rate)
             print(line(f"daydream, gateway: {mode}", rate, raw), flush=True)
             print(cpu_line(stats["cpu_ms_per_1000"]), flush=True)
+            if stats["reload"]:
+                print(stats["reload"], flush=True)
             keep = ("chunks_received", "chunks_added", "chunks_duplicate", "acks_sent",
                     "replay_errors", "dropped_sends")  # fmt: skip
             print("    ", {k: stats[k] for k in keep if k in stats},
