@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -343,9 +345,6 @@ def test_starting_the_ratio_forgives_the_prefill_and_no_more():
 def test_chunk_files_keep_zlibs_crc32_so_files_read_the_same_everywhere(tmp_path):
     """The checksums are computed with zlib-ng (faster); the values must stay zlib's CRC32,
     which files written before, and any other reader, use."""
-    import struct
-    import zlib
-
     replay = Replay(capacity=100, directory=tmp_path)
     replay.add_batch([("a", s, make_chunk(0, s, length=300)) for s in range(2)])
     (path,) = tmp_path.glob("*.chunk")
