@@ -17,12 +17,14 @@ steps travel in chunks of ``--chunk`` steps.
             back what the round stored (records read, CRCs checked)
 
     python bench/ingest.py [--actors 2] [--seconds 6] [--chunk 32] [--modes thread,ray,replay]
-                           [--no-curve] [--no-disk] [--capacity STEPS]
+                           [--no-curve] [--no-disk] [--capacity STEPS] [--sample-hz HZ]
 
 A mode named twice runs twice (``--modes replay,thread,replay,thread``: alternating rounds);
 ratios use the median of its rounds. Each round also prints the CPU milliseconds per 1,000
 transitions of every process on the way (actors, gateway, replay), which a busy machine
-disturbs far less than the rate.
+disturbs far less than the rate. Each actor keeps what a robot's outbox keeps unacknowledged
+(256 chunks); ``--sample-hz`` adds a learner sampling the replay meanwhile and prints how long
+its calls take.
 
 Targets: issue 13, the replay mode at >= 50,000 transitions/s with CURVE and fsync; issue 6,
 at least half the raw rate.
@@ -204,11 +206,10 @@ def daydream_actor(
         key_file=kd / "actor.key_secret" if curve else None,
         server_key_file=kd / "gateway.key" if curve else None,
     )
-    window = 32  # unacknowledged chunks in flight
-    box = Outbox(None, max_memory=window, resend_after=30.0)
+    box = Outbox(None, resend_after=30.0)  # a robot's outbox: up to 256 chunks unacknowledged
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        while len(box) < window:
+        while len(box) < box.max_memory:
             seq = box.allocate_seq()
             box.put(seq, client.encode_chunk(seq, chunks[seq % len(chunks)]))
         box.pump(client.send)
@@ -263,10 +264,12 @@ def bench_daydream(args, mode: str, key_dir: Path | None, directory: Path) -> tu
         time.sleep(0.05)
     time.sleep(args.warmup)
     cpu0 = {name: sum(map(cpu_seconds, pids)) for name, pids in where.items()}
+    sampler = LearnerSampling(replay, args.sample_hz)
     s0, t0 = replay.stats()["inserted_steps"], time.monotonic()
     time.sleep(args.seconds)
     s1, t1 = replay.stats()["inserted_steps"], time.monotonic()
     cpu = {name: sum(map(cpu_seconds, pids)) - cpu0[name] for name, pids in where.items()}
+    sampling = sampler.stop()
     for p in procs:
         p.terminate()
         p.join()
@@ -278,7 +281,38 @@ def bench_daydream(args, mode: str, key_dir: Path | None, directory: Path) -> tu
     shutil.rmtree(directory, ignore_errors=True)  # its page cache goes too: rounds start alike
     per_k = {name: 1e6 * c / max(s1 - s0, 1) for name, c in cpu.items()}  # ms / 1,000 steps
     return (s1 - s0) / (t1 - t0), {**stats, **{f"replay_{k}": v for k, v in replay_stats.items()},
-                                   "cpu_ms_per_1000": per_k, "reload": reload}  # fmt: skip
+                                   "cpu_ms_per_1000": per_k, "reload": reload,
+                                   "sampling": sampling}  # fmt: skip
+
+
+class LearnerSampling:
+    """A learner's ``replay.sample`` calls (16 x 50 steps, through Ray) at ``hz`` beside the
+    ingest, each call timed: how long the learner waits while robots stream (0 Hz: none)."""
+
+    def __init__(self, replay, hz: float) -> None:
+        import threading
+
+        self.replay, self.hz, self.times = replay, hz, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if hz > 0:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0 / self.hz):
+            start = time.perf_counter()
+            self.replay.sample(16, 50, counted=False)
+            self.times.append(time.perf_counter() - start)
+
+    def stop(self) -> str:
+        if self.hz <= 0:
+            return ""
+        self._stop.set()
+        self._thread.join()
+        ms = np.asarray(self.times) * 1e3
+        return (f"    the learner's sample calls (16 x 50 steps at {self.hz:g} Hz): p50 "
+                f"{np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms, max "
+                f"{ms.max():.1f} ms ({len(ms)} calls)")
 
 
 def cpu_line(cpu: dict[str, float]) -> str:
@@ -306,6 +340,8 @@ def main() -> int:
     parser.add_argument("--capacity", type=int, default=0,
                         help="replay capacity in steps (default: more than a round stores, "
                              "so it only grows; a small one evicts, as a full one)")  # fmt: skip
+    parser.add_argument("--sample-hz", type=float, default=0.0,
+                        help="a learner's sample calls per second beside the ingest, timed")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - set(MODES):
@@ -335,8 +371,9 @@ def main() -> int:
             rates.setdefault(mode, []).append(rate)
             print(line(f"daydream, gateway: {mode}", rate, raw), flush=True)
             print(cpu_line(stats["cpu_ms_per_1000"]), flush=True)
-            if stats["reload"]:
-                print(stats["reload"], flush=True)
+            for extra in ("sampling", "reload"):
+                if stats[extra]:
+                    print(stats[extra], flush=True)
             keep = ("chunks_received", "chunks_added", "chunks_duplicate", "acks_sent",
                     "replay_errors", "dropped_sends")  # fmt: skip
             print("    ", {k: stats[k] for k in keep if k in stats},

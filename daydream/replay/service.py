@@ -3,7 +3,8 @@
 ``ReplayService`` is a thread-safe plain class: the single-process runner and the tests
 use it in one process, and ``daydream.replay.remote.ReplayActor`` is the same class as a
 threaded Ray actor (``ReplayHost``: it may also run the gateway in its process, which then
-calls ``add_batch`` directly). The limiter only ever makes *sampling* wait: an add never waits.
+calls ``add_batch`` directly). The limiter only ever makes *sampling* wait: an add waits for
+the disk and for the batches that came before it, never for the limiter or the sampler.
 """
 
 from __future__ import annotations
@@ -41,26 +42,40 @@ class ReplayService:
 
     def add(self, stream: str, seq: int, chunk: dict[str, np.ndarray]) -> bool:
         """Store a chunk (durably when the replay has a directory); False for a duplicate."""
-        with self._cond:
-            added = self._replay.add(stream, seq, chunk)
-            if added:
-                self._limiter.inserted += len(next(iter(chunk.values())))
-                self._cond.notify_all()
-            return added
+        return bool(self._add([(stream, seq, chunk)], raise_errors=True)[0])
 
     def add_batch(self, items: list[tuple], copy: bool = True) -> list:
         """Add several chunks with one disk commit: items ``(stream, seq, chunk[, robot
-        key])``; per item True (added), False (duplicate) or ``"<reason>: <detail>"``
-        (refused; ``store.REFUSALS``). ``copy=False``: keep read-only arrays the caller gives
-        away (``Replay.add_batch``)."""
+        key])``; per item True (added), False (duplicate), None (the same chunk is being
+        written by a batch before: not answered) or ``"<reason>: <detail>"`` (refused;
+        ``store.REFUSALS``). ``copy=False``: keep read-only arrays the caller gives away
+        (``Replay.add_batch``).
+
+        The file is written outside the lock, so the learner samples meanwhile and several
+        batches go to disk at once; they enter the replay in the order they came."""
+        return self._add(items, copy=copy)
+
+    def _add(self, items: list[tuple], raise_errors: bool = False, copy: bool = True) -> list:
+        replay = self._replay
         with self._cond:
-            results = self._replay.add_batch(items, copy=copy)  # one disk commit per batch
-            for item, result in zip(items, results, strict=True):
-                if result is True:
-                    self._limiter.inserted += len(next(iter(item[2].values())))
-                elif result is not False:
-                    self._rejected += 1
-            self._cond.notify_all()
+            results, batch = replay.reserve(items, raise_errors, copy)
+            self._rejected += sum(isinstance(r, str) for r in results)
+        if batch is None:
+            return results
+        committed = False
+        try:
+            replay.write(batch)  # outside the lock
+            with self._cond:
+                self._cond.wait_for(lambda: replay.next_to_commit(batch))
+                committed = True
+                replay.commit(batch)
+                self._limiter.inserted += sum(length for _, _, length in batch.chunks)
+                self._cond.notify_all()
+        finally:
+            if not committed:  # the write failed: later batches must not wait for this one
+                with self._cond:
+                    replay.abort(batch)
+                    self._cond.notify_all()
         return results
 
     def sample(

@@ -19,9 +19,12 @@ there; short episodes are never dropped), but never a gap in sequence numbers.
   chunks (temp name, fsync, rename, fsync of the directory: one group commit per batch;
   written past the page cache where the file system allows, ``core/files.py``) before it
   returns, and the directory is reloaded on start. A file is deleted once all its
-  chunks are evicted. Records are our own raw format, each with a CRC32 trailer, never
-  pickle (zlib's CRC32, computed with zlib-ng); a torn or corrupt record ends the reading of
-  its file (the records before it count).
+  chunks are evicted. ``ReplayService`` writes the files outside its lock (``reserve``,
+  ``write``, ``commit``): sampling goes on meanwhile, several batches are written at once, and
+  they enter memory in the order they were reserved; a chunk is sampled only once on disk.
+  Records are our own raw format, each with a CRC32 trailer, never pickle (zlib's CRC32,
+  computed with zlib-ng); a torn or corrupt record ends the reading of its file (the records
+  before it count).
 - A file starts with a header that carries its record count and a CRC32 of its records'
   checksums, so a file cut exactly at a record boundary (or missing records) is reported on
   reload, with the records found and expected; the records it still holds are kept. Files
@@ -213,10 +216,22 @@ class _Segment:
         return self.first_seq + i, absolute - self.offsets[i]
 
 
+class Batch:
+    """Chunks ``Replay.reserve`` accepted and numbered (insertion indices ``first`` ..,
+    ``first`` is also its file's id), on their way to disk: (key, arrays, steps) each."""
+
+    __slots__ = ("first", "chunks")
+
+    def __init__(self, first: int, chunks: list[tuple[Key, dict[str, np.ndarray], int]]):
+        self.first = first
+        self.chunks = chunks
+
+
 class Replay:
     """Owns the stored experience: chunks per stream, their files on disk, sampling and eviction.
 
-    Not thread-safe; ``ReplayService`` serialises access. See the module docstring.
+    Not thread-safe: ``ReplayService`` serialises the calls, except ``write``, which it makes
+    outside its lock (a batch's file). See the module docstring.
     """
 
     def __init__(
@@ -245,7 +260,9 @@ class Replay:
         self._order: deque[Key] = deque()  # insertion order, oldest first
         self._segments: dict[str, list[_Segment]] = {}  # per stream, sorted by seq
         self._spec: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
-        self._next_index = 0
+        self._next_index = 0  # one past the newest insertion index in memory
+        self._next_reserved = 0  # the next index ``reserve`` gives out (files being written)
+        self._reserved: deque[Batch] = deque()  # reserved, not yet committed, oldest first
         self._num_steps = 0
         self._newest_seq: dict[str, int] = {}  # per stream, the highest seq stored so far
         self.owners = StreamOwners(self.directory, read_only=read_only)
@@ -290,7 +307,7 @@ class Replay:
 
     def add_batch(
         self, items: list[tuple], raise_errors: bool = False, copy: bool = True
-    ) -> list[bool | str]:
+    ) -> list[bool | str | None]:
         """Add several chunks with one disk commit. Each item is ``(stream, seq, chunk)`` or
         ``(stream, seq, chunk, key)`` with the sender's robot key (None: not checked). Per
         item True (added), False (duplicate), or ``"<reason>: <detail>"`` for a chunk that
@@ -299,19 +316,48 @@ class Replay:
         ``copy=False``: the caller gives its read-only arrays away (views of a received
         message that nothing else holds or writes, one chunk per message), and the replay
         keeps them instead of a copy; writeable or strided arrays are copied all the same.
-        Views of Ray's object store must be copied (the default): kept, they pin its memory."""
+        Views of Ray's object store must be copied (the default): kept, they pin its memory.
+
+        The three steps, for a caller that writes outside its lock (``ReplayService``):
+        ``reserve`` (checks and numbers the chunks), ``write`` (their file, touching nothing
+        shared), ``commit`` (into memory; in the order reserved) or ``abort`` if the write
+        failed."""
+        results, batch = self.reserve(items, raise_errors, copy)
+        if batch is not None:
+            try:
+                self.write(batch)
+            except BaseException:
+                self.abort(batch)
+                raise
+            self.commit(batch)
+        return results
+
+    def reserve(
+        self, items: list[tuple], raise_errors: bool = False, copy: bool = True
+    ) -> tuple[list[bool | str | None], Batch | None]:
+        """Check and number a batch (``add_batch``'s items and arguments): the per-item results
+        and the accepted chunks as a :class:`Batch` to ``write`` and ``commit`` (None when
+        nothing was accepted). A chunk that an earlier batch, reserved and not yet committed,
+        holds gets None: neither stored nor refused (that batch's answer covers it; if its
+        write fails, the robot sends it again)."""
         if self.read_only:
             raise RuntimeError(f"replay {self.directory} is opened read-only: nothing is added")
-        results: list[bool | str] = []
+        results: list[bool | str | None] = []
         accepted: list[tuple[Key, dict[str, np.ndarray], int]] = []
         batch_keys: set[Key] = set()
+        writing = {key for b in self._reserved for key, _, _ in b.chunks}
         newest = dict(self._newest_seq)
+        for stream, seq in writing:  # the seq check counts chunks on their way to disk too
+            newest[stream] = max(seq, newest.get(stream, seq))
         for stream, seq, chunk, *sender in items:
             key, owner = (str(stream), int(seq)), (sender[0] if sender else None)
             refusal = self.owners.check(key[0], owner) or _seq_refusal(key, newest.get(key[0]))
             if not refusal and (key in self._chunks or key in batch_keys):
                 self._counts["duplicates"] += 1
                 results.append(False)
+                continue
+            if not refusal and key in writing:
+                results.append(None)
                 continue
             if not refusal:
                 try:
@@ -333,17 +379,42 @@ class Replay:
             results.append(True)
         if not accepted:
             self.owners.discard()  # a stream is bound by its first stored chunk
-            return results
+            return results, None
         self.owners.commit()  # the binding is on disk before the chunks that made it
-        first = self._next_index
-        file_id = first if self.directory is not None else -1
+        self._next_reserved = max(self._next_reserved, self._next_index)
+        batch = Batch(self._next_reserved, accepted)
+        self._next_reserved += len(accepted)
+        self._reserved.append(batch)
+        return results, batch
+
+    def write(self, batch: Batch) -> None:
+        """Put a reserved batch's file on disk (nothing when the replay has no directory).
+        Reads only the batch: safe beside any other call, other batches' ``write`` too."""
         if self.directory is not None:
-            self._write(file_id, [(k, first + i, c) for i, (k, c, _) in enumerate(accepted)])
-        for i, (key, chunk, length) in enumerate(accepted):
-            self._insert(key, first + i, chunk, length, file_id)
+            self._write(batch.first, [(k, batch.first + i, c) for i, (k, c, _) in
+                                      enumerate(batch.chunks)])  # fmt: skip
+
+    def next_to_commit(self, batch: Batch) -> bool:
+        """Whether every batch reserved before ``batch`` is committed or aborted."""
+        return bool(self._reserved) and self._reserved[0] is batch
+
+    def commit(self, batch: Batch) -> None:
+        """Take a written batch into memory (sampled from now on) and evict what it displaces;
+        batches commit in the order they were reserved (``next_to_commit``)."""
+        if not self.next_to_commit(batch):
+            raise RuntimeError("replay batches commit in the order they were reserved")
+        self._reserved.popleft()
+        file_id = batch.first if self.directory is not None else -1
+        for i, (key, chunk, length) in enumerate(batch.chunks):
+            self._insert(key, batch.first + i, chunk, length, file_id)
             self._counts["added"] += 1
         self._evict()
-        return results
+
+    def abort(self, batch: Batch) -> None:
+        """Drop a reserved batch whose write failed: its chunks are not held (resends are
+        taken), its number is not used again. Nothing for a batch no longer reserved."""
+        if batch in self._reserved:
+            self._reserved.remove(batch)
 
     def rebind(self, stream: str, key: str) -> str | None:
         """Give ``stream`` to the robot key ``key`` on purpose (a replaced robot computer);

@@ -37,12 +37,12 @@ Three ways to run it (``learner.gateway``; ``runtime/learner.py: GatewayRunner``
 
 Replay calls are pipelined (several batches in flight) so robots never wait on disk
 writes one batch at a time: a replay elsewhere (``RemoteReplay``) pipelines its Ray calls, a
-replay in this process (``ReplayService``) is written by ``InlineSink``'s writer thread while
-the loop goes on receiving. In the replay's own process the arrays a chunk decodes to
-(read-only views of the received message, one chunk per message) go straight to
-``ReplayService.add_batch(copy=False)``, which keeps them as its memory (no copy: about 2 ms
-of the replay's CPU per 1,000 image transitions, ``bench/ingest.py``) and writes them to its
-file.
+replay in this process (``ReplayService``) is written by ``InlineSink``'s writer thread (the
+batches queued when it comes round as one disk commit) while the loop goes on receiving. In
+the replay's own process the arrays a chunk decodes to (read-only views of the received
+message, one chunk per message) go straight to ``ReplayService.add_batch(copy=False)``, which
+keeps them as its memory (no copy: about 2 ms of the replay's CPU per 1,000 image transitions,
+``bench/ingest.py``) and writes them to its file.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from daydream.wire.transport import TransportOptions, TransportServer
 
 log = logging.getLogger(__name__)
 
-MAX_IN_FLIGHT = 2  # replay batches awaiting an answer (one writing, one queued)
+MAX_IN_FLIGHT = 4  # replay batches awaiting an answer (those queued go as one disk commit)
 PEER_TIMEOUT_S = 60.0  # robots not heard from for this long get no weight announcements
 PACE_FRESH_S = 5.0  # a pace figure older than this is not passed on (the learner is gone)
 MAX_REPORTS = 4096  # heartbeat reports kept until the learner pops them
@@ -114,7 +114,8 @@ class Gateway:
     ):
         self.replay = replay
         # a replay elsewhere (daydream.replay.remote.RemoteReplay) pipelines its adds itself
-        self._sink = replay if hasattr(replay, "submit") else InlineSink(replay)
+        self._sink = (replay if hasattr(replay, "submit")
+                      else InlineSink(replay, group_chunks=MAX_IN_FLIGHT * max_batch))  # fmt: skip
         self.spaces = dict(spaces) if spaces else None  # record spaces (bounds, discrete)
         self._layout = (
             {k: (np.dtype(s.dtype), tuple(s.shape)) for k, s in spaces.items()} if spaces else None
@@ -356,6 +357,8 @@ class Gateway:
             if result is True or result is False:
                 self.counts["chunks_added" if result else "chunks_duplicate"] += 1
                 acks[(peer, actor)].append(seq)
+            elif result is None:  # its first copy is being written: that one gets the answer
+                self.counts["chunks_being_written"] += 1
             else:  # refused by the replay, "<reason>: <detail>"
                 nacks[(peer, actor, str(result))].append(seq)
         for (peer, actor), seqs in acks.items():
@@ -391,14 +394,18 @@ class Gateway:
 
 
 class InlineSink:
-    """Owns the writer thread that stores batches in a replay in this process (``ReplayService``)
-    behind the gateway's pipelined interface: ``submit`` queues a batch and returns at once, the
-    thread stores the batches in turn (one disk commit each), ``done`` hands back the results.
+    """Owns the writer thread that stores batches in a replay in this process
+    (``ReplayService``) behind the gateway's pipelined interface: ``submit`` queues a batch and
+    returns at once; the thread stores what is queued when it comes round, up to
+    ``group_chunks`` chunks as one disk commit (a group commit: the fsyncs of one file, not of
+    one per batch, which matters on a busy disk); ``done`` hands back the results per batch.
     The gateway meanwhile goes on receiving and validating (a disk commit, its copies and
-    checksums release the GIL)."""
+    checksums release the GIL), and the learner goes on sampling (the file is written outside
+    the replay's lock)."""
 
-    def __init__(self, replay) -> None:
+    def __init__(self, replay, group_chunks: int = 128) -> None:
         self.replay = replay
+        self.group_chunks = group_chunks
         self._next = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # (ticket, items); (0, None): stop
         self._results: dict[int, object] = {}
@@ -416,16 +423,35 @@ class InlineSink:
 
     def _write(self) -> None:
         while True:
-            ticket, items = self._queue.get()
-            if items is None:
+            group = [self._queue.get()]  # what is queued now, up to group_chunks, in order
+            while group[-1][1] is not None and sum(len(b) for _, b in group) < self.group_chunks:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = group[-1][1] is None
+            if stop:
+                group.pop()
+            if group:
+                self._store(group)
+            if stop:
                 return
-            try:
-                result: object = self.replay.add_batch(items, copy=False)  # the views: kept
-            except Exception as e:  # noqa: BLE001 - reported by done(); the robots resend
-                result = e
-            with self._finished:
-                self._results[ticket] = result
-                self._finished.notify_all()
+
+    def _store(self, group: list[tuple[int, list]]) -> None:
+        items = [item for _, batch in group for item in batch]
+        try:
+            results: object = self.replay.add_batch(items, copy=False)  # the views: kept
+        except Exception as e:  # noqa: BLE001 - reported by done(); the robots resend
+            results = e
+        with self._finished:
+            start = 0
+            for ticket, batch in group:
+                if isinstance(results, BaseException):
+                    self._results[ticket] = results
+                else:
+                    self._results[ticket] = results[start : start + len(batch)]  # type: ignore[index]
+                start += len(batch)
+            self._finished.notify_all()
 
     def done(self, tickets: list, block: bool = False, timeout: float | None = None) -> list:
         """The tickets whose batch is stored (with ``block``: wait up to ``timeout`` s for
