@@ -67,8 +67,8 @@ class ReplayService:
             replay.write(batch)  # outside the lock
             with self._cond:
                 self._cond.wait_for(lambda: replay.next_to_commit(batch))
-                committed = True
                 replay.commit(batch)
+                committed = True
                 self._limiter.inserted += sum(length for _, _, length in batch.chunks)
                 self._cond.notify_all()
         finally:

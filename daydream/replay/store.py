@@ -390,9 +390,18 @@ class Replay:
     def write(self, batch: Batch) -> None:
         """Put a reserved batch's file on disk (nothing when the replay has no directory).
         Reads only the batch: safe beside any other call, other batches' ``write`` too."""
-        if self.directory is not None:
-            self._write(batch.first, [(k, batch.first + i, c) for i, (k, c, _) in
-                                      enumerate(batch.chunks)])  # fmt: skip
+        if self.directory is None:
+            return
+        encoded = [
+            _encode_chunk_file(stream, seq, batch.first + i, chunk)
+            for i, ((stream, seq), chunk, _) in enumerate(batch.chunks)
+        ]
+
+        def write(f) -> None:
+            for part in [_file_header(encoded)] + [part for parts in encoded for part in parts]:
+                f.write(part)
+
+        atomic_write(self.directory / f"{batch.first:012d}{_SUFFIX}", write, direct=True)
 
     def next_to_commit(self, batch: Batch) -> bool:
         """Whether every batch reserved before ``batch`` is committed or aborted."""
@@ -569,16 +578,6 @@ class Replay:
                     assert self.directory is not None
                     if not self.read_only:
                         (self.directory / f"{file_id:012d}{_SUFFIX}").unlink(missing_ok=True)
-
-    def _write(self, file_id: int, records: list[tuple[Key, int, dict[str, np.ndarray]]]) -> None:
-        assert self.directory is not None
-        encoded = [_encode_chunk_file(s, seq, i, chunk) for (s, seq), i, chunk in records]
-
-        def write(f) -> None:
-            for part in [_file_header(encoded)] + [part for parts in encoded for part in parts]:
-                f.write(part)
-
-        atomic_write(self.directory / f"{file_id:012d}{_SUFFIX}", write, direct=True)
 
     def _warn(self, message: str) -> None:
         log.warning("replay: %s", message)
