@@ -156,6 +156,7 @@ def test_a_later_batch_waiting_on_a_failed_one_still_enters(tmp_path, monkeypatc
     gates.wait_started(0)
     second = in_thread(service.add_batch, batch("b", range(0, 2)))
     second.thread.join(0.5)
+    assert second.thread.is_alive()  # written, waiting for the first to enter or fail
     first_gate.set()
     with pytest.raises(OSError, match="No space"):
         first()
@@ -175,6 +176,7 @@ def test_a_chunk_resent_while_its_first_copy_is_written_is_stored_once_and_not_a
     # answered (the first copy's ack answers it; if that write fails, the robot resends).
     second = in_thread(service.add_batch, batch("a", [1, 2]))
     second.thread.join(0.5)
+    assert second.thread.is_alive()  # seq 2 waits for the first batch to enter
     gate.set()
     assert first() == [True, True]
     assert second() == [None, True]
@@ -192,6 +194,7 @@ def test_a_resend_of_a_chunk_whose_first_write_failed_is_stored(tmp_path, monkey
     gates.wait_started(0)
     second = in_thread(service.add_batch, batch("a", [0, 1]))  # 0: in flight, not answered
     second.thread.join(0.5)
+    assert second.thread.is_alive()  # seq 1 waits for the first batch to enter or fail
     gate.set()
     with pytest.raises(OSError):
         first()
@@ -207,12 +210,10 @@ def test_the_seq_check_sees_chunks_still_being_written(tmp_path, monkeypatch):
     first = in_thread(service.add_batch, batch("a", [0]))  # the stream's first chunk
     gates.wait_started(0)
     far = store.MAX_SEQ_AHEAD + 1
-    second = in_thread(service.add_batch, batch("a", [far]))
-    second.thread.join(0.5)
+    (result,) = in_thread(service.add_batch, batch("a", [far]))()  # while seq 0 is written
+    assert result.startswith("seq_ahead:"), result
     gate.set()
     assert first() == [True]
-    (result,) = second()
-    assert result.startswith("seq_ahead:"), result
 
 
 def answers(sink: InlineSink, tickets: list[int]) -> dict:
