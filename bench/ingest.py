@@ -18,6 +18,12 @@ steps travel in chunks of ``--chunk`` steps.
 
     python bench/ingest.py [--actors 2] [--seconds 6] [--chunk 32] [--modes thread,ray,replay]
                            [--no-curve] [--no-disk] [--capacity STEPS] [--sample-hz HZ]
+                           [--baseline REV]
+
+``--baseline REV`` runs every round twice, with this code and with the code of git revision REV
+(a temporary worktree, this bench), each round in a process of its own, taking turns at going
+first, and prints this / REV per mode: before and after in one run, on the same machine and
+disk (whose rate drifts between runs minutes apart).
 
 A mode named twice runs twice (``--modes replay,thread,replay,thread``: alternating rounds);
 ratios use the median of its rounds. Each round also prints the CPU milliseconds per 1,000
@@ -33,10 +39,12 @@ at least half the raw rate.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +52,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the daydream it measures: this tree's, or (a --baseline round) the tree named here
+TREE = Path(os.environ.get("DAYDREAM_BENCH_TREE") or Path(__file__).resolve().parents[1])
+sys.path.insert(0, str(TREE))
+sys.path.append(str(Path(__file__).resolve().parent))  # the other bench scripts
+
+from revisions import worktree  # noqa: E402
 
 MODES = ("thread", "ray", "replay")  # learner.gateway
 STEP_BYTES = 64 * 64 * 3 + 32 * 4 + 4 + 3
@@ -224,6 +237,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def code_of(handle) -> str:
+    """The tree whose daydream a Ray actor runs (``--baseline``: checked to be the one meant)."""
+    import ray
+
+    where = ray.get(handle.__ray_call__.remote(lambda self: sys.modules[type(self).__module__]
+                                               .__file__))  # fmt: skip
+    return str(Path(where).resolve().parents[2])
+
+
 def actor_pid(handle) -> int:
     """The process of a Ray actor."""
     import ray
@@ -276,13 +298,14 @@ def bench_daydream(args, mode: str, key_dir: Path | None, directory: Path) -> tu
     stats = gateway.stats()
     gateway.stop()
     replay_stats = replay.stats()
+    code = code_of(replay.handle)
     replay.close()
     reload = "" if args.no_disk else bench_reload(directory, args.capacity or GROWING)
     shutil.rmtree(directory, ignore_errors=True)  # its page cache goes too: rounds start alike
     per_k = {name: 1e6 * c / max(s1 - s0, 1) for name, c in cpu.items()}  # ms / 1,000 steps
     return (s1 - s0) / (t1 - t0), {**stats, **{f"replay_{k}": v for k, v in replay_stats.items()},
                                    "cpu_ms_per_1000": per_k, "reload": reload,
-                                   "sampling": sampling}  # fmt: skip
+                                   "sampling": sampling, "code": code}  # fmt: skip
 
 
 class LearnerSampling:
@@ -326,6 +349,54 @@ def line(name: str, rate: float, raw: float | None = None) -> str:
     return text + (f"  {rate / raw:5.2f} of raw" if raw else "")
 
 
+def print_stats(stats: dict) -> None:
+    print(cpu_line(stats["cpu_ms_per_1000"]), flush=True)
+    for extra in ("sampling", "reload"):
+        if stats[extra]:
+            print(stats[extra], flush=True)
+    keep = ("chunks_received", "chunks_added", "chunks_duplicate", "chunks_being_written",
+            "acks_sent", "replay_errors", "dropped_sends")  # fmt: skip
+    print("    ", {k: stats[k] for k in keep if k in stats},
+          {k: v for k, v in stats.items() if k.startswith("rejected_")}, flush=True)
+
+
+def child_round(
+    args, mode: str, key_dir: Path | None, directory: Path, tree: Path | None
+) -> tuple[float, dict]:
+    """One round in a process of its own (its own Ray), measuring the daydream of ``tree``
+    (None: this one) with this bench: ``--baseline``'s rounds."""
+    cmd = [sys.executable, __file__, "--child-round", mode, "--child-dir", str(directory),
+           "--actors", str(args.actors), "--seconds", str(args.seconds),
+           "--warmup", str(args.warmup), "--chunk", str(args.chunk),
+           "--max-batch", str(args.max_batch), "--capacity", str(args.capacity),
+           "--sample-hz", str(args.sample_hz)]  # fmt: skip
+    cmd += ["--no-disk"] if args.no_disk else []
+    cmd += ["--child-keys", str(key_dir)] if key_dir is not None else []
+    env = dict(os.environ)
+    if tree is not None:
+        env.update(DAYDREAM_BENCH_TREE=str(tree), PYTHONPATH=str(tree))  # Ray's workers too
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree or TREE)
+    if out.returncode != 0:
+        raise SystemExit(f"a round at {tree or TREE} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["stats"]["code"] != str((tree or TREE).resolve()):
+        raise SystemExit(f"a round meant for {tree or TREE} ran {result['stats']['code']}'s code")
+    return result["rate"], result["stats"]
+
+
+def run_child_round(args) -> int:
+    from daydream.replay.remote import start_ray, stop_ray
+
+    start_ray(num_cpus=2)
+    try:
+        key_dir = Path(args.child_keys) if args.child_keys else None
+        rate, stats = bench_daydream(args, args.child_round, key_dir, Path(args.child_dir))
+    finally:
+        stop_ray()
+    print(json.dumps({"rate": rate, "stats": stats}, default=str))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--actors", type=int, default=2)
@@ -342,7 +413,14 @@ def main() -> int:
                              "so it only grows; a small one evicts, as a full one)")  # fmt: skip
     parser.add_argument("--sample-hz", type=float, default=0.0,
                         help="a learner's sample calls per second beside the ingest, timed")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="alternate every round with the code of git revision REV")
+    parser.add_argument("--child-round", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--child-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--child-keys", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_round:
+        return run_child_round(args)
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - set(MODES):
         parser.error(f"--modes: a comma-separated list of {', '.join(MODES)}")
@@ -363,24 +441,33 @@ def main() -> int:
     print(cpu_line(cpu), flush=True)
     if not args.no_disk:
         print(line("disk (write + fsync only)", bench_disk(args, tmp / "disk")), flush=True)
-    start_ray(num_cpus=2)
-    rates: dict[str, list[float]] = {}
+    codes: list[tuple[str, Path | None]] = [("this", None)]
+    if args.baseline:
+        codes.append((args.baseline, worktree(args.baseline)))
+    rates: dict[tuple[str, str], list[float]] = {}
+    if not args.baseline:
+        start_ray(num_cpus=2)
     try:
         for i, mode in enumerate(modes):
-            rate, stats = bench_daydream(args, mode, key_dir, tmp / f"replay-{i}-{mode}")
-            rates.setdefault(mode, []).append(rate)
-            print(line(f"daydream, gateway: {mode}", rate, raw), flush=True)
-            print(cpu_line(stats["cpu_ms_per_1000"]), flush=True)
-            for extra in ("sampling", "reload"):
-                if stats[extra]:
-                    print(stats[extra], flush=True)
-            keep = ("chunks_received", "chunks_added", "chunks_duplicate", "acks_sent",
-                    "replay_errors", "dropped_sends")  # fmt: skip
-            print("    ", {k: stats[k] for k in keep if k in stats},
-                  {k: v for k, v in stats.items() if k.startswith("rejected_")}, flush=True)
+            for j, (code, tree) in enumerate(codes if i % 2 == 0 else codes[::-1]):  # in turn
+                directory = tmp / f"replay-{i}-{mode}-{j}"
+                if args.baseline:  # every round in its own process tree, this code's too
+                    rate, stats = child_round(args, mode, key_dir, directory, tree)
+                else:
+                    rate, stats = bench_daydream(args, mode, key_dir, directory)
+                rates.setdefault((code, mode), []).append(rate)
+                at = f" at {code}" if tree is not None else ""
+                print(line(f"daydream{at}, gateway: {mode}", rate, raw), flush=True)
+                print_stats(stats)
     finally:
-        stop_ray()
+        if not args.baseline:
+            stop_ray()
         shutil.rmtree(tmp, ignore_errors=True)
+    median = {key: float(np.median(values)) for key, values in rates.items()}
+    for mode in dict.fromkeys(modes) if args.baseline else ():
+        ratio = median[("this", mode)] / max(median[(args.baseline, mode)], 1e-9)
+        print(f"this / {args.baseline}, {mode:<14}: {ratio:10.2f}  (medians of the rounds)")
+    rates = {mode: values for (code, mode), values in rates.items() if code == "this"}
     if "replay" in rates:
         new = float(np.median(rates["replay"]))
         for old in (m for m in rates if m != "replay"):

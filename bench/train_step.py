@@ -37,6 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(Path(__file__).resolve().parent))  # the other bench scripts
+
+from revisions import worktree  # noqa: E402
 
 SMALL = [
     "model.rssm.deter=128",
@@ -215,20 +218,6 @@ def run_child(script: str, name: str, args, extra: list[str], env: dict | None =
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def baseline_worktree(rev: str) -> Path:
-    """A temporary git worktree of ``rev`` (removed at exit)."""
-    import atexit
-    import tempfile
-
-    where = Path(tempfile.mkdtemp(prefix="daydream-baseline-")) / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
-                   check=True, capture_output=True)  # fmt: skip
-    atexit.register(lambda: subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
-        capture_output=True))  # fmt: skip
-    return where
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
@@ -269,7 +258,7 @@ def main() -> None:
         f"{'s/update':>9} {'s/wm upd':>9} {'cpu s/upd':>9} {'cpu s/wm':>9} {'peak MB':>8}"
     )
     results, others = {}, {}
-    old_tree = baseline_worktree(args.baseline) if args.baseline else None
+    old_tree = worktree(args.baseline) if args.baseline else None
     for name in args.only:
         results[name] = run_child(__file__, name, args, args.overrides)
         print_row(name, results[name])
