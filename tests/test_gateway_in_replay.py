@@ -262,3 +262,46 @@ def test_a_learner_whose_replay_actor_died_still_checkpoints_on_close(
     learner.close()
     assert (tmp_path / "checkpoint.pt").is_file()
     assert "the replay actor was already gone" in capsys.readouterr().out
+
+
+def test_a_learner_stopped_with_its_process_group_returns_though_the_replay_went_first(
+    ray_session, tmp_path
+):
+    """Ctrl-C or a SIGTERM to the process group reaches the replay actor's process too: the
+    learner's loop can find the replay gone a moment before its own signal handler asks it to
+    stop. That is a stop, not a failure: ``run`` returns (exit 0) with the checkpoint written."""
+    import threading
+
+    import ray
+
+    from daydream.core.config import load_config
+    from daydream.runtime.learner import start_learner
+    from tests.tiny import tiny_model
+
+    config = load_config("configs/pendulum.yaml", overrides=[
+        *tiny_model(units=32), f"logdir={tmp_path}", "transport.curve=false",
+        "learner.log_every_s=0.05"])  # fmt: skip
+    learner = start_learner(config, "tcp://127.0.0.1:*")
+    ray.kill(learner.replay.handle)
+    threading.Timer(0.3, learner.stop).start()  # the signal handler, a little later
+    counters = learner.run()
+    assert counters["updates"] == 0
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_a_learner_whose_replay_dies_without_a_stop_still_fails(ray_session, tmp_path):
+    import ray
+
+    from daydream.core.config import load_config
+    from daydream.replay.remote import ReplayGone
+    from daydream.runtime.learner import start_learner
+    from tests.tiny import tiny_model
+
+    config = load_config("configs/pendulum.yaml", overrides=[
+        *tiny_model(units=32), f"logdir={tmp_path}", "transport.curve=false",
+        "learner.log_every_s=0.05"])  # fmt: skip
+    learner = start_learner(config, "tcp://127.0.0.1:*")
+    ray.kill(learner.replay.handle)
+    with pytest.raises(ReplayGone):
+        learner.run()
+    assert (tmp_path / "checkpoint.pt").is_file()  # close() ran on the way out

@@ -66,6 +66,9 @@ from daydream.runtime.logger import MetricsLogger
 from daydream.runtime.pace import PaceThread, RatioPace
 
 POLL_EVERY_S = 1.0  # replay statistics and robot reports
+# The replay gone: how long the loop waits for a stop that the same signal brought (a process
+# group's Ctrl-C or SIGTERM) before it calls the replay's death a failure.
+STOP_AFTER_REPLAY_GONE_S = 2.0
 
 # Exit statuses of `daydream learner` / `daydream run` that a service manager must not
 # restart on (deploy/systemd/daydream-learner.service: RestartPreventExitStatus); 2 is a
@@ -536,6 +539,14 @@ class Learner:
                 if batch is not None:
                     self._train(batch)
                 self._housekeeping()
+        except ReplayGone:
+            # Ctrl-C or a SIGTERM to the process group reaches the replay actor's process too:
+            # the loop may find it gone a moment before this process's handler calls stop().
+            if not self._stop.wait(STOP_AFTER_REPLAY_GONE_S):
+                self.close()
+                raise
+            print("learner: stopping; the replay actor stopped first (the same signal)",
+                  flush=True)  # fmt: skip
         except BaseException:
             self.close()
             raise
