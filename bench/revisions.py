@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import atexit
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,7 +17,11 @@ def worktree(rev: str) -> Path:
     where = Path(tempfile.mkdtemp(prefix="daydream-baseline-")) / "tree"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
                    check=True, capture_output=True)  # fmt: skip
-    atexit.register(lambda: subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
-        capture_output=True))  # fmt: skip
+
+    def remove() -> None:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(where.parent, ignore_errors=True)
+
+    atexit.register(remove)
     return where
