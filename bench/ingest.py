@@ -464,14 +464,14 @@ def main() -> int:
             stop_ray()
         shutil.rmtree(tmp, ignore_errors=True)
     median = {key: float(np.median(values)) for key, values in rates.items()}
-    for mode in dict.fromkeys(modes) if args.baseline else ():
-        ratio = median[("this", mode)] / max(median[(args.baseline, mode)], 1e-9)
+    this = {mode: median[("this", mode)] for mode in dict.fromkeys(modes)}  # this code's
+    for mode in this if args.baseline else ():
+        ratio = this[mode] / max(median[(args.baseline, mode)], 1e-9)
         print(f"this / {args.baseline}, {mode:<14}: {ratio:10.2f}  (medians of the rounds)")
-    rates = {mode: values for (code, mode), values in rates.items() if code == "this"}
-    if "replay" in rates:
-        new = float(np.median(rates["replay"]))
-        for old in (m for m in rates if m != "replay"):
-            print(f"replay / {old:<21}: {new / max(float(np.median(rates[old])), 1e-9):10.2f}"
+    if "replay" in this:
+        new = this["replay"]
+        for old in (m for m in this if m != "replay"):
+            print(f"replay / {old:<21}: {new / max(this[old], 1e-9):10.2f}"
                   "  (medians of the rounds)")
         ok = new >= TARGET and not args.no_curve and not args.no_disk
         print(f"target (issue 13)           : replay >= {TARGET:,} transitions/s with CURVE and "
