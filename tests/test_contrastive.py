@@ -197,6 +197,39 @@ def test_overshooting_with_k0_reduces_to_the_one_step_objective():
     assert metrics2["wm/kl_0_loss"] == pytest.approx(metrics["wm/kl_0_loss"], rel=1e-5)
 
 
+def test_rssm_overshoot_continues_the_one_step_priors_of_observe_without_recomputing_them():
+    from daydream.agent.world_model import previous_actions
+
+    wm, _ = tiny_world_model("dreaming")
+    data = fake_batch(length=7)
+    prev_action = previous_actions(data["action"])
+    post, prior = wm.rssm.observe(wm.encoder(data), prev_action, data["is_first"])
+    steps, length = 3, 7
+    calls = []
+    img_step = wm.rssm.img_step
+    wm.rssm.img_step = lambda *a, **k: calls.append(a[0]["deter"].shape) or img_step(*a, **k)
+    torch.manual_seed(1)
+    overshot = contrastive.rssm_overshoot(wm.rssm, prior, prev_action, steps)
+    wm.rssm.img_step = img_step
+    # one open-loop step per distance 2 .. K+1: distance 1 is observe's own prior
+    assert [tuple(c) for c in calls] == [(3, 5, 32), (3, 4, 32), (3, 3, 32)]
+    assert [p["deter"].shape[1] for p in overshot] == [length - 2, length - 3, length - 4]
+    # by hand: prior_2[:, t] = img_step(prior[:, t + 1], a_{t+1}), and so on
+    torch.manual_seed(1)
+    state = {k: v[:, 1:-1] for k, v in prior.items()}
+    for j, got in zip(range(2, steps + 2), overshot, strict=True):
+        state = img_step({k: v[:, : length - j] for k, v in state.items()}, prev_action[:, j:])
+        for key in state:
+            torch.testing.assert_close(got[key], state[key])
+    # observe's prior at t + 1 is the one-step prediction from the posterior at t, wherever no
+    # episode starts at t + 1 (those chains are masked out of every KL_k)
+    again = img_step({k: v[:, :-1] for k, v in post.items()}, prev_action[:, 1:])
+    inside = data["is_first"][:, 1:] == 0
+    assert not bool(inside.all())  # the batch has an episode start inside a sequence
+    torch.testing.assert_close(again["deter"][inside], prior["deter"][:, 1:][inside])
+    torch.testing.assert_close(again["mean"][inside], prior["mean"][:, 1:][inside])
+
+
 # ---------------------------------------------------------------------------- vis decoder
 
 

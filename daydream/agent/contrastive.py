@@ -199,21 +199,25 @@ def linear_overshoot(
     return preds
 
 
-def rssm_overshoot(rssm, post: dict, prev_action: torch.Tensor, steps: int) -> list[dict]:
-    """Open-loop RSSM priors for latent overshooting: [prior_2 (B, T-1), ..., prior_{K+1}].
+def rssm_overshoot(
+    rssm, prior: dict, prev_action: torch.Tensor, steps: int
+) -> list[dict]:
+    """Open-loop RSSM priors for latent overshooting: [prior_2 (B, T-2), ..., prior_{K+1}].
 
-    prior_j[:, t] is p(z_{t+j} | z_t from the posterior, a_t .. a_{t+j-1}); prior_1 is the
-    ordinary one-step prior that ``observe`` already returns, so it is not recomputed here.
+    prior_j[:, t] is p(z_{t+j} | z_t from the posterior, a_t .. a_{t+j-1}). The chain starts
+    from ``prior`` (B, T, ...), the one-step priors that ``observe`` returned: prior_1[:, t] =
+    prior[:, t + 1] is h_{t+1} = f(h_t, z_t, a_t) from the posterior at t, so it is not
+    computed a second time (where an episode starts at t + 1, ``observe`` reset the state
+    instead; ``overshoot_mask`` leaves those chains out of every KL_k with k >= 1).
     Entry k-1 of the result pairs with the posterior at times k+1 .. T-1 (the KL_k term).
     """
     out = []
-    state = {key: value[:, :-1] for key, value in post.items()}  # starts t = 0 .. T-2
-    for j in range(1, steps + 2):
-        length = post["deter"].shape[1] - j
+    state = {key: value[:, 1:] for key, value in prior.items()}  # prior_1, starts t = 0 .. T-2
+    for j in range(2, steps + 2):
+        length = prior["deter"].shape[1] - j
         state = {key: value[:, :length] for key, value in state.items()}
         state = rssm.img_step(state, prev_action[:, j:])  # predicts t + j
-        if j >= 2:
-            out.append(state)
+        out.append(state)
     return out
 
 

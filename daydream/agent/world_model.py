@@ -231,7 +231,9 @@ class WorldModel(nn.Module):
         if cfg.repr == "dreaming":
             key_embed = self.encoder(key_view)  # (B, T, E) from the second view
             kl_0 = losses.pop("kl")  # the one-step KL is the k = 0 overshooting term
-            losses.update(self._dreaming_losses(post, feat, key_embed, prev_action, data, kl_0))
+            losses.update(
+                self._dreaming_losses(post, prior, feat, key_embed, prev_action, data, kl_0)
+            )
         vis = vis and "vis_decoder" in self.heads
         if vis:
             n = cfg.vis_batch or feat.shape[0]  # sequences it trains on (it only draws reports)
@@ -269,6 +271,7 @@ class WorldModel(nn.Module):
     def _dreaming_losses(
         self,
         post: State,
+        prior: State,
         feat: torch.Tensor,
         key_embed: torch.Tensor,
         prev_action: torch.Tensor,
@@ -295,7 +298,7 @@ class WorldModel(nn.Module):
             )  # (Q, N)
             nce_terms.append(ccfg.scale * contrastive.info_nce(scores, target).mean())
         kl_terms = [kl_0]
-        overshot = contrastive.rssm_overshoot(self.rssm, post, prev_action, steps)
+        overshot = contrastive.rssm_overshoot(self.rssm, prior, prev_action, steps)
         for k, prior_k in enumerate(overshot, start=1):  # prior_k (B, T-k-1) predicts t+k+1
             mask = contrastive.overshoot_mask(is_first, k + 1)  # (B, T-k-1)
             if not bool(mask.any()):
