@@ -105,11 +105,14 @@ def measure(
 
     from daydream.agent.agent import Agent
     from daydream.core.config import load_config
+    from daydream.core.heap import keep_freed_memory
     from daydream.core.spaces import Space, step_spaces
 
     torch.set_num_threads(threads)
     algo, overrides = CONFIGS[name]
     config = load_config(None, algo, [*overrides, *extra])
+    if config.train.keep_freed_memory:  # as the learner's process does
+        keep_freed_memory()
     obs_space = {"image": Space((64, 64, 3), np.uint8), "state": Space((16,)), **step_spaces()}
     act_space = {"action": Space((6,), np.float32, -1.0, 1.0)}
     agent = Agent(obs_space, act_space, config)

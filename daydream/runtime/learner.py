@@ -51,6 +51,7 @@ import robots
 from daydream.agent import checkpoint
 from daydream.agent.agent import Agent
 from daydream.core.clocks import Every
+from daydream.core.heap import keep_freed_memory
 from daydream.core.spaces import Space, record_spaces
 from daydream.replay.remote import (
     RemoteReplay,
@@ -324,6 +325,8 @@ class Learner:
         seed_everything(config.seed)
         if config.train.torch_threads:
             torch.set_num_threads(config.train.torch_threads)
+        if config.train.keep_freed_memory:
+            keep_freed_memory()  # this whole process: the learner's, or a local run's
         self.logdir = Path(config.logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         obs_space, act_space = spaces or robots.spaces(config.robot.name, config)
