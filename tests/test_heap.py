@@ -4,6 +4,7 @@ Each case runs in a child process: the setting is process-wide and permanent."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def refaults(mode: str) -> tuple[str, int]:
     return took, int(faults)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc (Linux)")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_kept_memory_is_reused_without_faulting_its_pages_in_again():
     took, kept = refaults("keep")
     assert took == "True"

@@ -199,9 +199,7 @@ def linear_overshoot(
     return preds
 
 
-def rssm_overshoot(
-    rssm, prior: dict, prev_action: torch.Tensor, steps: int
-) -> list[dict]:
+def rssm_overshoot(rssm, prior: dict, prev_action: torch.Tensor, steps: int) -> list[dict]:
     """Open-loop RSSM priors for latent overshooting: [prior_2 (B, T-2), ..., prior_{K+1}].
 
     prior_j[:, t] is p(z_{t+j} | z_t from the posterior, a_t .. a_{t+j-1}). The chain starts
