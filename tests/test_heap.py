@@ -51,3 +51,16 @@ def test_kept_memory_is_reused_without_faulting_its_pages_in_again():
     # again, one by one (or one huge page at a time where transparent huge pages are on)
     _, returned = refaults("default")
     assert returned > kept
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="Linux's /proc")
+def test_resident_memory_counts_pages_as_they_are_touched():
+    import numpy as np
+
+    from daydream.core.heap import resident_mb
+
+    before = resident_mb()
+    block = np.ones(100 * 2**20, np.uint8)  # 100 MiB, every page written
+    grown = resident_mb() - before
+    del block
+    assert 95 <= grown <= 110, grown

@@ -43,6 +43,9 @@ def test_train_writes_metrics_and_checkpoint_then_resumes(tmp_path):
     # episode, so five whole episodes of 51 records and a 45-record one cut off at the end
     assert len(episodes) == 5 and {e["episode_length"] for e in episodes} == {50}
     assert any("wm/loss" in line for line in lines)
+    # the learner's resident memory (what train.keep_freed_memory holds) is logged with updates
+    resident = [line["learner_resident_mb"] for line in lines if "updates" in line]
+    assert resident and all(100 < mb < 4000 for mb in resident), resident
 
     second = _train(logdir, 400)
     assert second.returncode == 0, second.stderr[-3000:]

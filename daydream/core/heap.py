@@ -13,11 +13,16 @@ memory held near the update's peak: Dreamer's learner at 3.1-3.2 GB instead of 2
 from its 30th update to its 80th (glibc 2.36). The laptop size allocates nothing that large
 and is unaffected. It is a no-op where the C library is not glibc (no ``mallopt``: macOS,
 musl).
+
+``resident_mb`` reads the process's resident memory: the learner logs it
+(``learner_resident_mb`` in metrics.jsonl) so that what the kept heap holds is seen.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+from pathlib import Path
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_MAX = -4
@@ -35,3 +40,12 @@ def keep_freed_memory() -> bool:
     no_mmap = mallopt(M_MMAP_MAX, 0) == 1
     no_trim = mallopt(M_TRIM_THRESHOLD, LARGEST_TRIM_THRESHOLD) == 1
     return no_mmap and no_trim
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MiB (Linux's /proc/self/statm); None where unknown."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -51,7 +51,7 @@ import robots
 from daydream.agent import checkpoint
 from daydream.agent.agent import Agent
 from daydream.core.clocks import Every
-from daydream.core.heap import keep_freed_memory
+from daydream.core.heap import keep_freed_memory, resident_mb
 from daydream.core.spaces import Space, record_spaces
 from daydream.replay.remote import (
     RemoteReplay,
@@ -622,6 +622,7 @@ class Learner:
             "prefetch_wait_s": self.prefetcher.waited,
             "return_mean": float(np.mean(self.returns)) if self.returns else None,
             "nonfinite_updates": self.counters["nonfinite_updates"],
+            "learner_resident_mb": resident_mb(),  # with train.keep_freed_memory: its plateau
             **rejected,
         }
         self.logger.write(steps, figures)
