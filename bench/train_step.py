@@ -13,11 +13,14 @@
     python bench/train_step.py --only dreamerv2-small --set train.precision=bfloat16 \
         --baseline HEAD --baseline-set train.precision=bfloat16   # uncommitted change vs HEAD
     python bench/train_step.py --set device=cuda train.precision=bfloat16   # any config override
+    python bench/train_step.py --only dreamerv2 --set device=cuda --versus train.compile=true \
+        --versus train.compile=true train.compile_mode=reduce-overhead  # eager, compiled, graphs
 
 ``--versus KEY=VALUE ...`` times every configuration again with those overrides and prints the
-ratio; ``--baseline REV`` times it with the code of git revision REV (a temporary worktree,
-its own bench script, with ``--baseline-set`` overrides only) and prints old / new: "today vs
-new" in one run, on the same machine.
+ratio (repeated, each set alone: eager vs compiled vs CUDA graphs in one run); ``--baseline
+REV`` times it with the code of git revision REV (a temporary worktree, its own bench script,
+with ``--baseline-set`` overrides only) and prints old / new: "today vs new" in one run, on the
+same machine.
 
 Each configuration runs in its own process so that its peak memory (max RSS on CPU,
 max allocated on CUDA) is its own. Observations: one 64x64x3 image and a 16-dim
@@ -232,8 +235,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every configuration")  # fmt: skip
-    parser.add_argument("--versus", nargs="+", metavar="KEY=VALUE",
-                        help="time again with these overrides")  # fmt: skip
+    parser.add_argument("--versus", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                        help="time again with these overrides (repeatable)")  # fmt: skip
     parser.add_argument("--baseline", metavar="REV", help="time again with git revision REV")
     parser.add_argument("--baseline-set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for the --baseline run (its own keys)")  # fmt: skip
@@ -260,30 +263,33 @@ def main() -> None:
         f"{'config':<18} {'device':<7} {'thr':>3} {'batch':>6} {'params':>8} "
         f"{'s/update':>9} {'s/wm upd':>9} {'cpu s/upd':>9} {'cpu s/wm':>9} {'peak MB':>8}"
     )
-    results, others = {}, {}
+    results: dict[str, dict] = {}
+    others: dict[str, dict[str, dict]] = {}  # alternative's label -> configuration -> result
     old_tree = worktree(args.baseline) if args.baseline else None
     for name in args.only:
         results[name] = run_child(__file__, name, args, args.overrides)
         print_row(name, results[name])
-        if args.versus:
-            others[name] = run_child(__file__, name, args, [*args.overrides, *args.versus])
-            print_row(f"  {' '.join(args.versus)}", others[name])
+        for versus in args.versus:
+            label = " ".join(versus)
+            others.setdefault(label, {})[name] = run_child(
+                __file__, name, args, [*args.overrides, *versus]
+            )
+            print_row(f"  {label}", others[label][name])
         if old_tree is not None:
             env = {**os.environ, "PYTHONPATH": str(old_tree)}
-            others[name] = run_child(str(old_tree / "bench/train_step.py"), name, args,
-                                     args.baseline_set, env)  # fmt: skip
-            print_row(f"  at {args.baseline}", others[name])
-    if others:
-        what = " ".join(args.versus) if args.versus else f"revision {args.baseline}"
-        key = "sec" if any(r["device"] != "cpu" for r in results.values()) else "cpu_sec"
+            others.setdefault(f"revision {args.baseline}", {})[name] = run_child(
+                str(old_tree / "bench/train_step.py"), name, args, args.baseline_set, env
+            )
+            print_row(f"  at {args.baseline}", others[f"revision {args.baseline}"][name])
+    key = "sec" if any(r["device"] != "cpu" for r in results.values()) else "cpu_sec"
+    for what, runs in others.items():
         print(f"\nthis code / {what}, {key.replace('_', ' ')} per update (median):")
-        for name, other in others.items():
+        for name, other in runs.items():
             ratio = other[f"{key}_per_update"] / results[name][f"{key}_per_update"]
-            if args.versus:  # the override is the new thing: how much faster it makes it
-                ratio = 1 / ratio
-                print(f"  {name:<18} {what} is {ratio:.2f}x faster")
-            else:
+            if what.startswith("revision "):
                 print(f"  {name:<18} this code is {ratio:.2f}x faster than {args.baseline}")
+            else:  # the override is the new thing: how much faster it makes it
+                print(f"  {name:<18} {what} is {1 / ratio:.2f}x faster")
     pairs = [(a, b) for a, b in RATIOS.items() if a in results and b in results]
     if pairs:
         # On a CPU shared with other work, wall time is noisy; process CPU time is not (with

@@ -65,3 +65,39 @@ def test_the_policy_that_leaves_the_learner_is_eager_and_saves_as_before():
     assert "img_step" not in vars(copy) and "obs_step" not in vars(copy)
     assert all(getattr(m, "_compiled_call_impl", None) is None for m in copy.modules())
     assert "img_step" in vars(agent.wm.rssm)  # the learner's own stay compiled
+
+
+def test_compile_mode_reaches_every_compiled_callable_and_marks_each_update(monkeypatch):
+    """train.compile_mode is torch.compile's mode; where it replays CUDA graphs (reduce-overhead
+    on CUDA) every update starts with a step mark, so no update reads the last one's outputs."""
+    modes, marks = [], []
+
+    def spy(fn, **kwargs):  # records the mode, compiles nothing
+        modes.append(kwargs.get("mode"))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", spy)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    monkeypatch.setattr("daydream.agent.agent.records_graphs", lambda mode, device: True)
+    config = load_config(None, overrides=[*tiny_model(units=32), "train.compile=true",
+                                          "train.compile_mode=reduce-overhead"])  # fmt: skip
+    agent = Agent(OBS, ACT, config)
+    assert agent.compile_update() == len(modes) > 2
+    assert set(modes) == {"reduce-overhead"}
+    batch = _fixed_batch(images=True, rng=np.random.default_rng(0))
+    agent.train(batch)
+    agent.train(batch)
+    assert len(marks) == 2
+
+
+def test_cuda_graphs_are_recorded_on_cuda_only_and_a_mode_torch_lacks_is_one_line():
+    from daydream.agent.compiled import records_graphs
+
+    assert records_graphs("reduce-overhead", torch.device("cuda"))
+    assert records_graphs("max-autotune", torch.device("cuda"))
+    assert not records_graphs("reduce-overhead", torch.device("cpu"))
+    assert not records_graphs("default", torch.device("cuda"))
+    assert not records_graphs("max-autotune-no-cudagraphs", torch.device("cuda"))
+    config = load_config(None, overrides=[*tiny_model(units=32), "train.compile_mode=fast"])
+    with pytest.raises(ValueError, match="train.compile_mode must be one of default, .*'fast'"):
+        Agent(OBS, ACT, config)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from daydream.agent.behavior import Behavior
+from daydream.agent.compiled import check_mode, compile_networks, records_graphs
 from daydream.agent.rssm import State
 from daydream.agent.world_model import WorldModel, preprocess, to_torch
 from daydream.core.spaces import Space
@@ -163,14 +164,15 @@ class Agent:
         self.updates = 0
         self._sensor_keys = self.wm.images + self.wm.vectors
         self.precision = resolve_precision(str(config.train.precision), self.device)
+        self.compile_mode = check_mode(str(config.train.compile_mode))
+        self._graphs = False  # compile_update in a mode that replays CUDA graphs
         self._onnx_graph: dict[str, np.ndarray] | None = None  # exported once (actor.backend onnx)
 
     def compile_update(self) -> int:
         """``train.compile``: compile the per-step parts of an update (daydream/agent/compiled.py;
         the learner calls this, a robot's policy stays eager). Returns the parts compiled."""
-        from daydream.agent.compiled import compile_networks
-
-        return compile_networks(self.wm, self.behavior)
+        self._graphs = records_graphs(self.compile_mode, self.device)
+        return compile_networks(self.wm, self.behavior, self.compile_mode)
 
     # ------------------------------------------------------------------ acting
     def initial_state(self, batch: int) -> tuple[State, torch.Tensor]:
@@ -260,6 +262,8 @@ class Agent:
         The visualisation decoder (reconstruction-free models) trains on updates 0, N, 2N, ...
         (N = ``model.vis_every``); on the others the world model's loss leaves it out.
         """
+        if self._graphs:  # the last update's graph outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         data = preprocess(to_torch(batch, self.device), self.wm.images)
         vis = self.vis_opt is not None and self.updates % self.config.model.vis_every == 0
         post, metrics = self.train_world_model(data, vis)
