@@ -334,7 +334,8 @@ class Learner:
         if config.train.compile:
             parts = self.agent.compile_update()
             print(f"learner: train.compile: {parts} parts of the update compile on its first "
-                  "call (tens of seconds on a CPU)", flush=True)  # fmt: skip
+                  f"call (tens of seconds on a CPU), mode {self.agent.compile_mode}",
+                  flush=True)  # fmt: skip
         self.counters = {
             "env_steps": 0, "episodes": 0, "sessions": 0, "updates": 0, "published": -1,
             "sampled_steps": 0, "nonfinite_updates": 0,
