@@ -57,8 +57,11 @@ def check_mode(mode: str) -> str:
 
 
 def records_graphs(mode: str, device: torch.device) -> bool:
-    """Whether ``mode`` records CUDA graphs of the compiled callables on ``device``."""
-    return device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+    """Whether ``mode`` records CUDA graphs of the compiled callables on ``device`` (as
+    inductor's options for the mode say)."""
+    from torch._inductor import list_mode_options
+
+    return device.type == "cuda" and bool(list_mode_options(mode).get("triton.cudagraphs"))
 
 
 def compile_networks(wm: nn.Module, behavior: nn.Module, mode: str = "default") -> int:
