@@ -31,9 +31,8 @@ TINY = [
     "actor.chunk_length=8", "actor.period_s=0.01", "actor.status_every_s=0.5",
     "transport.resend_after_s=2", "transport.heartbeat_timeout_ms=2000",
     # these tests hold the simulated robot to a real robot's rule: it never waits for the
-    # learner (holding the ratio is tested in test_robot_contract.py) and keeps its priority
-    # (its tick rate is asserted; actor.sim_nice: test_a_simulated_robots_actor_runs_nicer)
-    "actor.sim_max_lag_steps=0", "actor.sim_nice=0",
+    # learner (holding the ratio is tested in test_robot_contract.py)
+    "actor.sim_max_lag_steps=0",
 ]
 
 
@@ -246,44 +245,6 @@ def test_actor_without_a_learner_keeps_its_tick_rate_and_keeps_the_chunks(tmp_pa
     assert result["policy_version"] == -1  # random policy: no weights ever arrived
     assert result["outbox"]["pending"] == result["records"] // 8 + (result["records"] % 8 > 0)
     assert result["outbox"]["acked"] == 0
-
-
-def thread_nice_values(pid: int) -> set[int]:
-    """The nice value of every thread of process ``pid`` (field 19 of /proc/PID/task/*/stat)."""
-    values = set()
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            values.add(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
-        except (OSError, IndexError):  # a thread that ended meanwhile
-            pass
-    return values
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
-def test_a_simulated_robots_actor_runs_nicer_on_every_thread(tmp_path):
-    """actor.sim_nice (default 10): a simulated robot's actor process lowers its priority on
-    all its threads, those it starts later too (the learner's threads beside it come first);
-    0 keeps it."""
-    from daydream.wire.curve import create_keys
-
-    create_keys(tmp_path / "keys", ["actor"])
-    ours = os.getpriority(os.PRIO_PROCESS, 0)
-    for nice, want in ((None, min(19, ours + 10)), ("0", ours)):
-        log, logdir = tmp_path / f"actor-{nice}.log", tmp_path / f"run-{nice}"
-        sets = [s for s in TINY if not s.startswith("actor.sim_nice=")]
-        if nice is not None:
-            sets.append(f"actor.sim_nice={nice}")
-        proc = spawn(["actor", "--config", CONFIG, "--learner", f"tcp://127.0.0.1:{free_port()}",
-                      "--id", "sim", "--keys", str(tmp_path / "keys"), "--logdir", str(logdir),
-                      "--set", *sets], log)  # fmt: skip
-        try:
-            wait_for(lambda: status(logdir, "sim").get("steps", 0) > 20, 60,  # noqa: B023
-                     "the actor ticking", (log,))  # fmt: skip
-            values = thread_nice_values(proc.pid)
-        finally:
-            kill(proc, signal.SIGTERM)
-        assert values == {want}, (nice, values)
-        assert (f", nice {want} (actor.sim_nice)" in log.read_text()) == (nice is None)
 
 
 def test_an_actor_says_when_no_learner_answers(tmp_path, caplog):

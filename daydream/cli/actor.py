@@ -35,7 +35,6 @@ def main(args: argparse.Namespace) -> int:
     import socket
 
     from daydream.cli.common import EXIT_USAGE, build_config, die_with_parent, fail
-    from daydream.core.priority import MAX_NICE, lower_priority
     from daydream.wire.transport import check_endpoint
 
     die_with_parent()
@@ -46,8 +45,6 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     steps, args.steps = args.steps, None  # executed steps here, not train.steps
     config = build_config(args, "actor")
-    if not 0 <= config.actor.sim_nice <= MAX_NICE:
-        fail("actor", f"actor.sim_nice is 0 to {MAX_NICE}, got {config.actor.sim_nice}")
     actor_id = args.id or socket.gethostname()
     if config.actor.backend == "torch":  # onnx: torch is never imported (a robot may lack it)
         import torch
@@ -62,9 +59,6 @@ def main(args: argparse.Namespace) -> int:
     except KeyFileError as e:
         print(f"daydream actor: {e}", file=sys.stderr)
         return EXIT_USAGE
-    priority = ""
-    if actor.robot.simulated and config.actor.sim_nice:  # a real robot's loop keeps its own
-        priority = f", nice {lower_priority(config.actor.sim_nice)} (actor.sim_nice)"
 
     def handler(signum, frame):
         actor.stop()
@@ -73,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, handler)
     print(
         f"daydream actor {actor_id}: {args.robot or config.robot.name} -> "
-        f"{args.learner}, tick {actor.period or 'robot-paced'}{priority}",
+        f"{args.learner}, tick {actor.period or 'robot-paced'}",
         flush=True,
     )
     status = actor.run()
