@@ -266,6 +266,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     others: dict[str, dict[str, dict]] = {}  # alternative's label -> configuration -> result
     old_tree = worktree(args.baseline) if args.baseline else None
+    at_baseline = f"revision {args.baseline}"  # the --baseline run's label among the others
     for name in args.only:
         results[name] = run_child(__file__, name, args, args.overrides)
         print_row(name, results[name])
@@ -277,16 +278,16 @@ def main() -> None:
             print_row(f"  {label}", others[label][name])
         if old_tree is not None:
             env = {**os.environ, "PYTHONPATH": str(old_tree)}
-            others.setdefault(f"revision {args.baseline}", {})[name] = run_child(
+            others.setdefault(at_baseline, {})[name] = run_child(
                 str(old_tree / "bench/train_step.py"), name, args, args.baseline_set, env
             )
-            print_row(f"  at {args.baseline}", others[f"revision {args.baseline}"][name])
+            print_row(f"  at {args.baseline}", others[at_baseline][name])
     key = "sec" if any(r["device"] != "cpu" for r in results.values()) else "cpu_sec"
     for what, runs in others.items():
         print(f"\nthis code / {what}, {key.replace('_', ' ')} per update (median):")
         for name, other in runs.items():
             ratio = other[f"{key}_per_update"] / results[name][f"{key}_per_update"]
-            if what.startswith("revision "):
+            if what == at_baseline:
                 print(f"  {name:<18} this code is {ratio:.2f}x faster than {args.baseline}")
             else:  # the override is the new thing: how much faster it makes it
                 print(f"  {name:<18} {what} is {1 / ratio:.2f}x faster")
