@@ -101,3 +101,100 @@ def test_cuda_graphs_are_recorded_on_cuda_only_and_a_mode_torch_lacks_is_one_lin
     config = load_config(None, overrides=[*tiny_model(units=32), "train.compile_mode=fast"])
     with pytest.raises(ValueError, match="train.compile_mode must be one of default, .*'fast'"):
         Agent(OBS, ACT, config)
+
+
+def _state(agent: Agent) -> dict[str, torch.Tensor]:
+    """Every tensor of the agent's state (networks, optimisers), copied."""
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            out[prefix] = value.detach().clone()
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}", item)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(f"{prefix}/{i}", item)
+        else:
+            out[prefix] = torch.tensor(float(value)) if isinstance(value, (int, float)) else value
+
+    walk("", agent.state_dict())
+    return out
+
+
+def test_a_warm_up_compiles_before_the_first_batch_and_leaves_the_agent_as_it_was():
+    """The learner compiles while the robots fill the replay: Agent.warm_up runs an update on a
+    zero batch of the training shape and undoes it, so the first real update compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    agent = _agent()
+    agent.compile_update()
+    before, rng = _state(agent), torch.get_rng_state()
+    graphs = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(suppress_errors=False):
+        agent.warm_up(4, 12)
+        compiled = counters["stats"]["unique_graphs"] - graphs
+        assert compiled > 0
+        after = _state(agent)
+        assert after.keys() == before.keys()  # the optimisers hold no moments yet, as before
+        for key, value in before.items():
+            assert torch.equal(after[key], value) if isinstance(value, torch.Tensor) else (
+                after[key] == value), key  # fmt: skip
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert all(p.grad is None for p in [*agent.wm.parameters(), *agent.behavior.parameters()])
+        assert agent.updates == agent.behavior.updates == 0
+        agent.train(_fixed_batch(images=True, rng=np.random.default_rng(0)))  # B 4, T 12
+        agent.train(_fixed_batch(images=True, rng=np.random.default_rng(1)))
+    assert counters["stats"]["unique_graphs"] - graphs == compiled  # nothing new to compile
+
+
+def test_a_warm_up_that_is_interrupted_leaves_no_trace(monkeypatch):
+    agent = _agent()
+    before = _state(agent)
+
+    def interrupted(batch):
+        agent.model_opt.step(agent.wm.loss(agent_batch(agent, batch))[0])  # a step happened
+        raise KeyboardInterrupt
+
+    def agent_batch(agent, batch):
+        from daydream.agent.world_model import preprocess, to_torch
+
+        return preprocess(to_torch(batch, agent.device), agent.wm.images)
+
+    monkeypatch.setattr(agent, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        agent.warm_up(2, 6)
+    after = _state(agent)
+    for key, value in before.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(after[key], value), key
+    assert not agent.model_opt.opt.state  # the step's moments are gone with it
+
+
+@pytest.mark.parametrize("compile_", [True, False])
+def test_the_learner_compiles_while_the_robots_fill_the_replay(tmp_path, monkeypatch, compile_):
+    import threading
+    import time
+
+    from daydream.replay.service import ReplayService
+    from daydream.runtime.learner import Learner
+    from daydream.runtime.links import InProcessLink
+
+    calls = []
+    monkeypatch.setattr(Agent, "warm_up", lambda self, *shape: calls.append((*shape, self.updates)))
+    config = load_config("configs/pendulum.yaml", None, [
+        *tiny_model(), f"train.compile={str(compile_).lower()}", "train.torch_threads=1",
+        "train.batch_size=4", "train.batch_length=8", "train.prefill=32", f"logdir={tmp_path}",
+    ])  # fmt: skip
+    replay = ReplayService(capacity=1000, min_size=32)  # empty: the robots are still prefilling
+    learner = Learner(config, replay, InProcessLink(replay, "actor-0"))
+    thread = threading.Thread(target=learner.run)
+    thread.start()
+    deadline = time.monotonic() + (10 if compile_ else 1)
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    learner.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert calls == ([(4, 8, 0)] if compile_ else [])  # once, in the training shape, untrained

@@ -22,4 +22,7 @@ def tiny_model(units: int = 16, stoch: int = 4, classes: int = 4, horizon: int =
         "behavior.actor.layers=1", f"behavior.actor.units={units}",
         "behavior.critic.layers=1", f"behavior.critic.units={units}",
         f"behavior.horizon={horizon}",
+        # eager float32, whatever a task file chooses for its learner (a test that compiles
+        # or runs bfloat16 says so after these)
+        "train.compile=false", "train.precision=float32",
     ]  # fmt: skip

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from daydream.agent.behavior import Behavior
+from daydream.agent.checkpoint import Snapshot
 from daydream.agent.compiled import check_mode, compile_networks, records_graphs
 from daydream.agent.rssm import State
 from daydream.agent.world_model import WorldModel, preprocess, to_torch
-from daydream.core.spaces import Space
+from daydream.core.spaces import Space, record_spaces
 from daydream.core.weights import PolicyWeights
 
 POLICY_MODULES = ("encoder", "rssm", "actor")
@@ -173,6 +174,27 @@ class Agent:
         the learner calls this, a robot's policy stays eager). Returns the parts compiled."""
         self._graphs = records_graphs(self.compile_mode, self.device)
         return compile_networks(self.wm, self.behavior, self.compile_mode)
+
+    def warm_up(self, batch_size: int, length: int) -> None:
+        """One update on a zero batch of the training shape, then undone: what
+        ``compile_update`` compiled compiles now (the learner calls this while the robots
+        fill the replay) and not on the first real batch. Parameters, buffers, optimiser
+        moments, counters and torch's random generators end as they were."""
+        batch = {
+            key: np.zeros((batch_size, length, *space.shape), space.dtype)
+            for key, space in record_spaces(self.obs_space, self.act_space).items()
+        }
+        batch["is_first"][:, 0] = True
+        snapshot = Snapshot(self)
+        snapshot.take()
+        cuda = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                self.train(batch)
+        finally:  # also when interrupted: never keep an update on made-up data
+            snapshot.restore()
+            self.wm.zero_grad(set_to_none=True)
+            self.behavior.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ acting
     def initial_state(self, batch: int) -> tuple[State, torch.Tensor]:

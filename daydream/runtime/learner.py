@@ -331,11 +331,11 @@ class Learner:
         self.logdir.mkdir(parents=True, exist_ok=True)
         obs_space, act_space = spaces or robots.spaces(config.robot.name, config)
         self.agent = Agent(obs_space, act_space, config)
+        self._compile_pending = bool(config.train.compile)  # run() compiles while robots prefill
         if config.train.compile:
             parts = self.agent.compile_update()
-            print(f"learner: train.compile: {parts} parts of the update compile on its first "
-                  f"call (tens of seconds on a CPU), mode {self.agent.compile_mode}",
-                  flush=True)  # fmt: skip
+            print(f"learner: train.compile: {parts} parts of the update compile once (tens of "
+                  f"seconds on a CPU), mode {self.agent.compile_mode}", flush=True)  # fmt: skip
         self.counters = {
             "env_steps": 0, "episodes": 0, "sessions": 0, "updates": 0, "published": -1,
             "sampled_steps": 0, "nonfinite_updates": 0,
@@ -536,6 +536,9 @@ class Learner:
                     if total and self.counters["env_steps"] >= total:
                         break
                 if not self._begin():
+                    if self._compile_pending:
+                        self._compile_while_prefilling()
+                        continue
                     self._stop.wait(0.1)
                     self._housekeeping()
                     continue
@@ -560,6 +563,16 @@ class Learner:
         if close:
             self.close()
         return dict(self.counters)
+
+    def _compile_while_prefilling(self) -> None:
+        """``train.compile``: the update compiles on a zero batch while the robots still fill
+        the replay (``Agent.warm_up``, undone), so the first real updates do not wait for it."""
+        self._compile_pending = False
+        print("learner: compiling the update (train.compile) while the robots fill the replay",
+              flush=True)  # fmt: skip
+        t0 = time.monotonic()
+        self.agent.warm_up(*self.batch)
+        print(f"learner: compiled in {time.monotonic() - t0:.0f} s", flush=True)
 
     def _housekeeping(self) -> None:
         newer = self.agent.updates > max(self.counters["published"], 0)
