@@ -244,7 +244,8 @@ def describe(config) -> str:
         f"size {config.size}: RSSM deter {m.rssm.deter} hidden {m.rssm.hidden}, {latent}, MLPs "
         f"{m.encoder.mlp_layers} x {m.encoder.mlp_units}, CNN depth {m.encoder.cnn_depth}, actor "
         f"{config.behavior.actor.layers} x {config.behavior.actor.units}; batch {t.batch_size} x "
-        f"{t.batch_length}, ratio {t.ratio:g}, prefill {t.prefill}; device {config.device}"
+        f"{t.batch_length}, ratio {t.ratio:g}, prefill {t.prefill}; device {config.device}, "
+        f"precision {t.precision}{', compiled' if t.compile else ''}"
     )
 
 

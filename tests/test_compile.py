@@ -128,6 +128,7 @@ def test_a_warm_up_compiles_before_the_first_batch_and_leaves_the_agent_as_it_wa
     zero batch of the training shape and undoes it, so the first real update compiles nothing."""
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # what an earlier test compiled in this process is compiled again
     agent = _agent()
     agent.compile_update()
     before, rng = _state(agent), torch.get_rng_state()

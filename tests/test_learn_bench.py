@@ -114,6 +114,7 @@ def test_the_first_lines_say_which_size_runs_and_why_as_daydream_run_does(capsys
     line = learn.describe(config)
     assert line.startswith("size small: RSSM deter 128")
     assert "batch 16 x 32" in line and "ratio 128" in line and "prefill 1000" in line
+    assert line.endswith("precision auto, compiled")  # the main job's small size
     asked = learn.parse_args(["--task", "configs/sim_ur5_reach.yaml", "--size", "daydreamer"])
     assert "deter 512" in learn.describe(learn.build_run_config(asked, "/tmp/D"))
     assert learn.run_command(asked, "/tmp/D")[-2:] == ["--size", "daydreamer"]

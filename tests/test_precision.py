@@ -28,6 +28,7 @@ def test_a_bfloat16_update_agrees_with_the_float32_update_on_a_fixed_batch(discr
     batch = _fixed_batch(images=True, rng=np.random.default_rng(0))
     full, half = _agent("float32", discrete), _agent("bfloat16", discrete)
     assert half.precision == torch.bfloat16 and full.precision is None
+    assert (half.precision_name, full.precision_name) == ("bfloat16", "float32")  # as printed
     torch.manual_seed(1)
     want = full.train(batch)
     torch.manual_seed(1)  # the same samples, drawn in the same order

@@ -169,6 +169,11 @@ class Agent:
         self._graphs = False  # compile_update in a mode that replays CUDA graphs
         self._onnx_graph: dict[str, np.ndarray] | None = None  # exported once (actor.backend onnx)
 
+    @property
+    def precision_name(self) -> str:
+        """What an update's matrix products run in (``train.precision`` resolved here)."""
+        return "bfloat16" if self.precision is torch.bfloat16 else "float32"
+
     def compile_update(self) -> int:
         """``train.compile``: compile the per-step parts of an update (daydream/agent/compiled.py;
         the learner calls this, a robot's policy stays eager). Returns the parts compiled."""

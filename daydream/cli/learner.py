@@ -106,7 +106,8 @@ def main(args: argparse.Namespace) -> int:
         stop_on_signals(learner.stop)
         print(
             f"daydream learner: {config.algo} for {config.robot.name}, gateway on "
-            f"{learner.endpoint}, device {learner.agent.device}, logdir {config.logdir}",
+            f"{learner.endpoint}, device {learner.agent.device} "
+            f"({learner.agent.precision_name}), logdir {config.logdir}",
             flush=True,
         )
         console = None

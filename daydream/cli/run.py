@@ -168,7 +168,8 @@ def main(args: argparse.Namespace) -> int:
         stop_on_signals(learner.stop)
         print(
             f"daydream run: {config.algo} on {args.actors} x {config.robot.name}, gateway "
-            f"{learner.endpoint}, learner on {learner.agent.device}, logdir {logdir}",
+            f"{learner.endpoint}, learner on {learner.agent.device} "
+            f"({learner.agent.precision_name}), logdir {logdir}",
             flush=True,
         )
         if console_at is not None:
