@@ -224,22 +224,26 @@ class WorldModel(nn.Module):
                     scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
                     losses[key] = -scale * dist.log_prob(targets[key]).mean()
         if cfg.repr == "nce":
-            mean, std = self.heads["state_model"](embed)  # (B, T, F) each
-            flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-            nce = contrastive.state_model_nce(flat(feat), flat(mean), flat(std))  # (B*T,)
-            losses["nce"] = cfg.contrastive.scale * nce.mean()
+            with phase("wm: contrastive (NCE, overshooting)"):
+                mean, std = self.heads["state_model"](embed)  # (B, T, F) each
+                flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+                nce = contrastive.state_model_nce(flat(feat), flat(mean), flat(std))  # (B*T,)
+                losses["nce"] = cfg.contrastive.scale * nce.mean()
         if cfg.repr == "dreaming":
-            key_embed = self.encoder(key_view)  # (B, T, E) from the second view
-            kl_0 = losses.pop("kl")  # the one-step KL is the k = 0 overshooting term
-            losses.update(
-                self._dreaming_losses(post, prior, feat, key_embed, prev_action, data, kl_0)
-            )
+            with phase("wm: encoder"):
+                key_embed = self.encoder(key_view)  # (B, T, E) from the second view
+            with phase("wm: contrastive (NCE, overshooting)"):
+                kl_0 = losses.pop("kl")  # the one-step KL is the k = 0 overshooting term
+                losses.update(
+                    self._dreaming_losses(post, prior, feat, key_embed, prev_action, data, kl_0)
+                )
         vis = vis and "vis_decoder" in self.heads
         if vis:
-            n = cfg.vis_batch or feat.shape[0]  # sequences it trains on (it only draws reports)
-            for key, dist in self.heads["vis_decoder"](feat[:n].detach()).items():
-                scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
-                losses[f"vis_{key}"] = -scale * dist.log_prob(targets[key][:n]).mean()
+            with phase("wm: visualisation decoder"):
+                n = cfg.vis_batch or feat.shape[0]  # sequences it trains on (it only draws)
+                for key, dist in self.heads["vis_decoder"](feat[:n].detach()).items():
+                    scale = cfg.loss_scales.image if key in self.images else cfg.loss_scales.vector
+                    losses[f"vis_{key}"] = -scale * dist.log_prob(targets[key][:n]).mean()
         with phase("wm: reward and continuation heads"):
             reward = MSEDist(self.reward(feat), 0)
             losses["reward"] = -cfg.loss_scales.reward * reward.log_prob(data["reward"]).mean()
