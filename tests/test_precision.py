@@ -43,7 +43,7 @@ def test_a_bfloat16_update_agrees_with_the_float32_update_on_a_fixed_batch(discr
 def test_under_bfloat16_the_distributions_and_the_recurrent_state_are_float32():
     agent = _agent("bfloat16")
     batch = {k: torch.as_tensor(v) for k, v in _fixed_batch(True, np.random.default_rng(0)).items()}
-    with agent._autocast():
+    with agent.autocast():
         embed = agent.wm.encoder({**batch, "image": batch["image"].float() / 255 - 0.5})
         prev = torch.zeros_like(batch["action"])
         post, prior = agent.wm.rssm.observe(embed, prev, batch["is_first"])

@@ -259,7 +259,7 @@ class Agent:
         return torch.rand(batch, size, device=self.device) * 2 - 1
 
     # ------------------------------------------------------------------ learning
-    def _autocast(self):
+    def autocast(self):
         """The forward passes of an update in ``train.precision`` (backward follows it)."""
         dtype = self.precision or torch.float32
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision is not None)
@@ -269,7 +269,7 @@ class Agent:
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """The world model's half of an update on a preprocessed batch (``preprocess``), with
         the visualisation decoder's step when ``vis``; returns the posteriors and metrics."""
-        with self._autocast():
+        with self.autocast():
             wm_loss, post, metrics = self.wm.loss(data, vis=vis)
         if "wm/model_loss" in metrics:  # wm/loss: the world model's own, on every update alike
             metrics["wm/loss"] = metrics.pop("wm/model_loss")
@@ -297,7 +297,7 @@ class Agent:
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}  # (B*T, ...)
         start_cont = 1.0 - data["is_terminal"].float().reshape(-1)
         with frozen(self.wm):
-            with self._autocast():
+            with self.autocast():
                 with phase("behaviour: imagine"):
                     _, feat, actions, policy = self.behavior.imagine(self.wm, start)
                 with phase("behaviour: targets (reward, cont, slow critic)"):
@@ -308,7 +308,7 @@ class Agent:
             with phase("behaviour: actor backward + optimiser"):
                 metrics["actor/grad_norm"] = self.actor_opt.step(actor_loss)
         with phase("behaviour: critic"):
-            with self._autocast():
+            with self.autocast():
                 critic_loss, m = self.behavior.critic_loss(feat, ret, weight)
             metrics.update({k: float(v) for k, v in m.items()})  # tensors: one read each
             metrics["critic/loss"] = float(critic_loss.detach())
